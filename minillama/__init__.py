@@ -1,0 +1,14 @@
+"""minillama: Llama 2 inference as small, readable array functions on NumPy and CuPy."""
+
+from .backend import get_namespace, namespace_of, to_numpy
+from .checkpoint import CheckpointError
+from .config import ConfigError, LlamaConfig
+from .model import (LlamaForCausalLM, LlamaForSequenceClassification, LlamaModel, LlamaOutput, llama_forward, load)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "LlamaConfig", "ConfigError", "CheckpointError", "LlamaModel", "LlamaForCausalLM",
+    "LlamaForSequenceClassification", "LlamaOutput", "llama_forward", "load",
+    "get_namespace", "namespace_of", "to_numpy",
+]

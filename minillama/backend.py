@@ -1,0 +1,80 @@
+"""The array-module abstraction: which array library a value lives in.
+
+Every component in minillama is written against one namespace, called ``xp``
+by convention, that follows the Python Array API standard. The same function
+then runs on
+
+* ``"numpy"``  - NumPy on the CPU (through ``array_api_compat.numpy``),
+* ``"cupy"``   - CuPy on an NVIDIA GPU (through ``array_api_compat.cupy``),
+* ``"strict"`` - ``array_api_strict``, a CPU stand-in that refuses everything
+  outside the standard (NumPy scalars, ``np.`` functions, flat indexing, ...).
+  CuPy is just as unforgiving about mixing in NumPy, so running the test suite
+  under ``"strict"`` catches a CuPy break without a GPU.
+
+A component never names a library: it asks ``xp = namespace_of(x)`` for the
+namespace of the arrays it was given. Only the edges of the library (loading
+weights from disk, returning results to the user) move data between the host
+(NumPy) and the backend, with :func:`to_backend` and :func:`to_numpy`.
+"""
+
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
+
+import array_api_compat
+import numpy as np
+
+BACKENDS = ("numpy", "cupy", "strict")
+
+_MODULES = {
+    "numpy": "array_api_compat.numpy",
+    "cupy": "array_api_compat.cupy",
+    "strict": "array_api_strict",
+}
+
+
+def get_namespace(backend: str) -> ModuleType:
+    """The ``xp`` namespace for a backend name ("numpy", "cupy" or "strict")."""
+    if backend not in _MODULES:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    try:
+        return importlib.import_module(_MODULES[backend])
+    except ImportError as error:
+        hint = " (pip install 'minillama[gpu]')" if backend == "cupy" else ""
+        raise ImportError(f"backend {backend!r} needs a package that is not installed{hint}: {error}") from error
+
+
+def namespace_of(*arrays) -> ModuleType:
+    """The ``xp`` namespace of the arrays passed in (all must share one library)."""
+    return array_api_compat.array_namespace(*arrays)
+
+
+def backend_name(xp: ModuleType) -> str:
+    """The backend name of a namespace, the inverse of :func:`get_namespace`."""
+    for name, module in _MODULES.items():
+        if xp.__name__ == module:
+            return name
+    raise ValueError(f"unknown array namespace {xp.__name__}")
+
+
+def get_dtype(xp: ModuleType, name: str):
+    """The dtype object called ``name`` ("float32", "float16", ...) in ``xp``."""
+    dtype = getattr(xp, name, None)
+    if dtype is None:
+        raise ValueError(f"dtype {name!r} is not available on the {backend_name(xp)!r} backend")
+    return dtype
+
+
+def to_backend(host_array: np.ndarray, xp: ModuleType):
+    """Move a host (NumPy) array onto the backend. No copy for NumPy itself."""
+    return xp.asarray(host_array)
+
+
+def to_numpy(array) -> np.ndarray:
+    """Bring a backend array back to the host as a NumPy array."""
+    if isinstance(array, np.ndarray):
+        return array
+    if array_api_compat.is_cupy_array(array):
+        return array.get()
+    return np.from_dlpack(array)

@@ -1,0 +1,190 @@
+"""LlamaConfig: every hyper-parameter that changes the math, read from an HF ``config.json``.
+
+Field names and defaults are those of Hugging Face's ``LlamaConfig``, so a
+``config.json`` written by ``transformers`` (4.x with ``rope_scaling`` and
+``rope_theta``, or 5.x with ``rope_parameters``) or shipped with a Llama
+checkpoint reads the same here. :meth:`LlamaConfig.validate` checks every field
+and names the one that is wrong.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass, field
+
+# The rope scaling types minillama implements, with the keys each one needs.
+ROPE_SCALING_KEYS = {
+    "linear": ("factor",),
+    "dynamic": ("factor",),
+    "llama3": ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings"),
+}
+
+
+class ConfigError(ValueError):
+    """A config field is missing, of the wrong type or out of range."""
+
+
+@dataclass
+class LlamaConfig:
+    vocab_size: int = 32000
+    hidden_size: int = 4096
+    intermediate_size: int = 11008
+    num_hidden_layers: int = 32
+    num_attention_heads: int = 32
+    num_key_value_heads: int | None = None  # None: same as num_attention_heads (plain multi-head attention)
+    head_dim: int | None = None  # None: hidden_size // num_attention_heads
+    hidden_act: str = "silu"
+    max_position_embeddings: int = 2048
+    rms_norm_eps: float = 1e-6
+    rope_theta: float = 10000.0
+    rope_scaling: dict | None = None  # {"rope_type": "linear" | "dynamic" | "llama3", "factor": ..., ...}
+    attention_bias: bool = False
+    mlp_bias: bool = False
+    tie_word_embeddings: bool = False
+    pretraining_tp: int = 1
+    pad_token_id: int | None = None
+    bos_token_id: int | None = 1
+    eos_token_id: int | list | None = 2
+    num_labels: int = 2  # for LlamaForSequenceClassification
+    architectures: list | None = None
+    torch_dtype: str | None = None  # the dtype the checkpoint was saved in, for information only
+    source: str = field(default="<dict>", repr=False, compare=False)  # where the config was read from, for errors
+
+    def __post_init__(self):
+        if self.num_key_value_heads is None:
+            self.num_key_value_heads = self.num_attention_heads
+        if self.head_dim is None and _is_int(self.hidden_size) and _is_int(self.num_attention_heads):
+            if self.num_attention_heads > 0 and self.hidden_size % self.num_attention_heads == 0:
+                self.head_dim = self.hidden_size // self.num_attention_heads
+        self.validate()
+
+    # ---- reading --------------------------------------------------------------------------
+
+    @classmethod
+    def from_dict(cls, raw: dict, source: str = "<dict>") -> "LlamaConfig":
+        """Build a config from the dict of a ``config.json``; unknown keys are ignored."""
+        raw = dict(raw)
+        rope_theta = raw.get("rope_theta", 10000.0)
+        rope_scaling = raw.get("rope_scaling")
+        # transformers 5 writes one "rope_parameters" dict that holds rope_theta and the scaling.
+        rope_parameters = raw.get("rope_parameters")
+        if isinstance(rope_parameters, dict):
+            rope_theta = rope_parameters.get("rope_theta", rope_theta)
+            rope_scaling = {k: v for k, v in rope_parameters.items() if k != "rope_theta"}
+        raw["rope_theta"] = rope_theta
+        raw["rope_scaling"] = _normalise_rope_scaling(rope_scaling, source)
+        if "id2label" in raw and "num_labels" not in raw:
+            raw["num_labels"] = len(raw["id2label"])
+        if "torch_dtype" not in raw and "dtype" in raw:
+            raw["torch_dtype"] = raw["dtype"]
+        names = {f.name for f in dataclasses.fields(cls)} - {"source"}
+        return cls(**{k: v for k, v in raw.items() if k in names}, source=source)
+
+    @classmethod
+    def from_json_file(cls, path: str | os.PathLike) -> "LlamaConfig":
+        path = os.fspath(path)
+        try:
+            with open(path, encoding="utf-8") as f:
+                raw = json.load(f)
+        except FileNotFoundError:
+            raise FileNotFoundError(f"config file not found: {path}") from None
+        except (json.JSONDecodeError, UnicodeDecodeError) as error:
+            raise ConfigError(f"{path}: not valid JSON ({error})") from None
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{path}: expected a JSON object, got {type(raw).__name__}")
+        return cls.from_dict(raw, source=path)
+
+    @classmethod
+    def from_pretrained(cls, path: str | os.PathLike) -> "LlamaConfig":
+        """Read ``config.json`` from a checkpoint folder (or the file itself)."""
+        path = os.fspath(path)
+        if os.path.isdir(path):
+            path = os.path.join(path, "config.json")
+        return cls.from_json_file(path)
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d.pop("source")
+        d["model_type"] = "llama"
+        return d
+
+    # ---- derived sizes --------------------------------------------------------------------
+
+    @property
+    def num_kv_groups(self) -> int:
+        """How many query heads share one key/value head (1 for MHA, num_attention_heads for MQA)."""
+        return self.num_attention_heads // self.num_key_value_heads
+
+    # ---- validation -----------------------------------------------------------------------
+
+    def _fail(self, message: str):
+        raise ConfigError(f"{self.source}: {message}")
+
+    def validate(self) -> None:
+        """Check every field; raise ConfigError naming the first bad one."""
+        for name in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
+                     "num_attention_heads", "num_key_value_heads", "max_position_embeddings",
+                     "pretraining_tp", "num_labels"):
+            value = getattr(self, name)
+            if not _is_int(value) or value < 1:
+                self._fail(f"{name} must be a positive integer, got {value!r}")
+        if self.head_dim is None:
+            self._fail(f"hidden_size ({self.hidden_size}) is not divisible by num_attention_heads "
+                       f"({self.num_attention_heads}); set head_dim explicitly")
+        if not _is_int(self.head_dim) or self.head_dim < 2 or self.head_dim % 2:
+            self._fail(f"head_dim must be a positive even integer (rotary embeddings rotate pairs), got {self.head_dim!r}")
+        if self.num_attention_heads % self.num_key_value_heads:
+            self._fail(f"num_attention_heads ({self.num_attention_heads}) must be divisible by "
+                       f"num_key_value_heads ({self.num_key_value_heads})")
+        if self.hidden_act != "silu":
+            self._fail(f"hidden_act must be 'silu' for Llama, got {self.hidden_act!r}")
+        if not _is_number(self.rms_norm_eps) or not self.rms_norm_eps > 0:
+            self._fail(f"rms_norm_eps must be a positive number, got {self.rms_norm_eps!r}")
+        if not _is_number(self.rope_theta) or not self.rope_theta > 0:
+            self._fail(f"rope_theta must be a positive number, got {self.rope_theta!r}")
+        for name in ("attention_bias", "mlp_bias", "tie_word_embeddings"):
+            if not isinstance(getattr(self, name), bool):
+                self._fail(f"{name} must be true or false, got {getattr(self, name)!r}")
+        if self.pad_token_id is not None and (not _is_int(self.pad_token_id) or not 0 <= self.pad_token_id < self.vocab_size):
+            self._fail(f"pad_token_id must be None or in [0, vocab_size={self.vocab_size}), got {self.pad_token_id!r}")
+        if self.pretraining_tp > 1:
+            for name in ("intermediate_size", "vocab_size"):
+                if getattr(self, name) % self.pretraining_tp:
+                    self._fail(f"pretraining_tp ({self.pretraining_tp}) must divide {name} ({getattr(self, name)})")
+            if (self.num_attention_heads * self.head_dim) % self.pretraining_tp or \
+               (self.num_key_value_heads * self.head_dim) % self.pretraining_tp:
+                self._fail(f"pretraining_tp ({self.pretraining_tp}) must divide the q/k/v projection sizes")
+        self.rope_scaling = _normalise_rope_scaling(self.rope_scaling, self.source)
+
+
+def _normalise_rope_scaling(scaling, source: str) -> dict | None:
+    """Return None for plain RoPE, else a dict with "rope_type" and the keys that type needs."""
+    if scaling is None:
+        return None
+    if not isinstance(scaling, dict):
+        raise ConfigError(f"{source}: rope_scaling must be a dict or null, got {scaling!r}")
+    scaling = dict(scaling)
+    rope_type = scaling.pop("rope_type", None) or scaling.pop("type", None) or "default"
+    scaling.pop("type", None)
+    if rope_type == "default":
+        return None
+    if rope_type not in ROPE_SCALING_KEYS:
+        raise ConfigError(f"{source}: unknown rope_scaling type {rope_type!r}; "
+                          f"minillama supports {sorted(ROPE_SCALING_KEYS)}")
+    for key in ROPE_SCALING_KEYS[rope_type]:
+        if not _is_number(scaling.get(key)) or not scaling[key] > 0:
+            raise ConfigError(f"{source}: rope_scaling type {rope_type!r} needs a positive number "
+                              f"rope_scaling[{key!r}], got {scaling.get(key)!r}")
+    if rope_type == "llama3" and not scaling["high_freq_factor"] > scaling["low_freq_factor"]:
+        raise ConfigError(f"{source}: rope_scaling['high_freq_factor'] must exceed rope_scaling['low_freq_factor']")
+    return {"rope_type": rope_type, **scaling}
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)

@@ -1,0 +1,388 @@
+"""The Llama model: weights, the forward pass, and classes that mirror Hugging Face's API.
+
+Data flows through a forward pass like this:
+
+    token ids (batch, seq)
+      -> embedding                                      (batch, seq, hidden)
+      -> for each layer:
+             h = x + attention(rms_norm(x))             self-attention block
+             x = h + swiglu_mlp(rms_norm(h))            feed-forward block
+      -> rms_norm                                       last_hidden_state
+      -> lm_head (or score, for classification)         logits (batch, seq, vocab)
+
+The functional core is :func:`llama_forward`; the classes at the bottom only
+load weights and hold them with the config and backend.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, fields
+
+import numpy as np
+
+from . import functional as F
+from .backend import get_dtype, get_namespace, namespace_of, to_backend
+from .checkpoint import CheckpointError, read_hf_checkpoint
+from .config import LlamaConfig
+from .rope import apply_rotary, inverse_frequencies, rope_cos_sin
+
+COMPUTE_DTYPES = ("float32", "float64", "float16")
+
+
+# ---- weights ----------------------------------------------------------------------------------
+
+@dataclass
+class LayerWeights:
+    """One decoder layer. Projections are stored (out_features, in_features)."""
+
+    attn_norm: object  # (hidden,)
+    q_proj: object  # (heads * head_dim, hidden)
+    k_proj: object  # (kv_heads * head_dim, hidden)
+    v_proj: object  # (kv_heads * head_dim, hidden)
+    o_proj: object  # (hidden, heads * head_dim)
+    mlp_norm: object  # (hidden,)
+    gate_proj: object  # (intermediate, hidden)
+    up_proj: object  # (intermediate, hidden)
+    down_proj: object  # (hidden, intermediate)
+    q_bias: object = None  # biases exist only with config.attention_bias / config.mlp_bias
+    k_bias: object = None
+    v_bias: object = None
+    o_bias: object = None
+    gate_bias: object = None
+    up_bias: object = None
+    down_bias: object = None
+
+
+@dataclass
+class Weights:
+    embed_tokens: object  # (vocab, hidden)
+    layers: list = field(default_factory=list)  # of LayerWeights
+    norm: object = None  # (hidden,)
+    lm_head: object = None  # (vocab, hidden); the embedding table itself when tied; None for LlamaModel
+    score: object = None  # (num_labels, hidden) for sequence classification
+
+
+# Hugging Face tensor names, relative to "model.layers.{i}."
+_LAYER_NAMES = {
+    "attn_norm": "input_layernorm.weight",
+    "q_proj": "self_attn.q_proj.weight", "k_proj": "self_attn.k_proj.weight",
+    "v_proj": "self_attn.v_proj.weight", "o_proj": "self_attn.o_proj.weight",
+    "mlp_norm": "post_attention_layernorm.weight",
+    "gate_proj": "mlp.gate_proj.weight", "up_proj": "mlp.up_proj.weight", "down_proj": "mlp.down_proj.weight",
+    "q_bias": "self_attn.q_proj.bias", "k_bias": "self_attn.k_proj.bias",
+    "v_bias": "self_attn.v_proj.bias", "o_bias": "self_attn.o_proj.bias",
+    "gate_bias": "mlp.gate_proj.bias", "up_bias": "mlp.up_proj.bias", "down_bias": "mlp.down_proj.bias",
+}
+
+
+def _layer_shapes(c: LlamaConfig) -> dict:
+    q, kv, h, i = c.num_attention_heads * c.head_dim, c.num_key_value_heads * c.head_dim, c.hidden_size, c.intermediate_size
+    return {
+        "attn_norm": (h,), "q_proj": (q, h), "k_proj": (kv, h), "v_proj": (kv, h), "o_proj": (h, q),
+        "mlp_norm": (h,), "gate_proj": (i, h), "up_proj": (i, h), "down_proj": (h, i),
+        "q_bias": (q,), "k_bias": (kv,), "v_bias": (kv,), "o_bias": (h,),
+        "gate_bias": (i,), "up_bias": (i,), "down_bias": (h,),
+    }
+
+
+def load_weights(tensors: dict, config: LlamaConfig, xp, dtype, head: str = "lm_head", source: str = "") -> Weights:
+    """Pick the Llama tensors out of a checkpoint's ``name -> StoredTensor`` map.
+
+    Checks every name and shape against the config, converts to the compute
+    ``dtype`` and moves each tensor to the backend ``xp``. For a float32
+    checkpoint computed in float32 on NumPy, the weights stay memory-mapped.
+    head: "lm_head", "score" (sequence classification) or None (LlamaModel).
+    """
+    np_dtype = np.dtype(dtype)
+    # LlamaModel.save_pretrained writes names without the "model." prefix.
+    prefix = "model." if any(name.startswith("model.") for name in tensors) else ""
+
+    def get(name, shape, required=True):
+        stored = tensors.get(name)
+        if stored is None:
+            if required:
+                raise CheckpointError(f"{source}: tensor {name!r} is missing")
+            return None
+        if tuple(stored.shape) != tuple(shape):
+            raise CheckpointError(f"{source}: tensor {name!r} has shape {tuple(stored.shape)}, "
+                                  f"but the config needs {tuple(shape)} ({stored.path})")
+        return to_backend(stored.numpy(np_dtype), xp)
+
+    c = config
+    shapes = _layer_shapes(c)
+    layers = []
+    for i in range(c.num_hidden_layers):
+        parts = {}
+        for key, name in _LAYER_NAMES.items():
+            is_bias = key.endswith("_bias")
+            wanted = (c.attention_bias if key[0] in "qkvo" else c.mlp_bias) if is_bias else True
+            parts[key] = get(f"{prefix}layers.{i}.{name}", shapes[key]) if wanted else None
+        layers.append(LayerWeights(**parts))
+
+    embed = get(f"{prefix}embed_tokens.weight", (c.vocab_size, c.hidden_size))
+    weights = Weights(embed_tokens=embed, layers=layers, norm=get(f"{prefix}norm.weight", (c.hidden_size,)))
+    if head == "lm_head":
+        untied = get("lm_head.weight", (c.vocab_size, c.hidden_size), required=not c.tie_word_embeddings)
+        weights.lm_head = embed if c.tie_word_embeddings else untied
+    elif head == "score":
+        weights.score = get("score.weight", (c.num_labels, c.hidden_size))
+    return weights
+
+
+# ---- the forward pass -------------------------------------------------------------------------
+
+def self_attention(x, w: LayerWeights, config: LlamaConfig, cos, sin, mask):
+    """The attention block of one layer, without the norm and residual.
+
+    x: (batch, seq, hidden) -> ((batch, seq, hidden), probabilities (batch, heads, seq, seq))
+    """
+    xp = namespace_of(x)
+    batch, seq, _ = x.shape
+    heads, kv_heads, head_dim, tp = config.num_attention_heads, config.num_key_value_heads, config.head_dim, config.pretraining_tp
+    q = F.linear_sliced(x, w.q_proj, w.q_bias, tp)  # (batch, seq, heads * head_dim)
+    k = F.linear_sliced(x, w.k_proj, w.k_bias, tp)  # (batch, seq, kv_heads * head_dim)
+    v = F.linear_sliced(x, w.v_proj, w.v_bias, tp)
+    # Split the features into heads and put heads before positions.
+    q = xp.permute_dims(xp.reshape(q, (batch, seq, heads, head_dim)), (0, 2, 1, 3))  # (batch, heads, seq, head_dim)
+    k = xp.permute_dims(xp.reshape(k, (batch, seq, kv_heads, head_dim)), (0, 2, 1, 3))  # (batch, kv_heads, seq, head_dim)
+    v = xp.permute_dims(xp.reshape(v, (batch, seq, kv_heads, head_dim)), (0, 2, 1, 3))
+    q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+    out, probs = F.attention(q, k, v, mask)  # (batch, heads, seq, head_dim)
+    out = xp.reshape(xp.permute_dims(out, (0, 2, 1, 3)), (batch, seq, heads * head_dim))
+    return F.linear_sliced(out, w.o_proj, w.o_bias, tp, split="in"), probs
+
+
+def mlp(x, w: LayerWeights, config: LlamaConfig):
+    """The SwiGLU feed-forward block of one layer. x: (batch, seq, hidden)."""
+    tp = config.pretraining_tp
+    if tp == 1:
+        return F.swiglu_mlp(x, w.gate_proj, w.up_proj, w.down_proj, w.gate_bias, w.up_bias, w.down_bias)
+    gate = F.silu(F.linear_sliced(x, w.gate_proj, w.gate_bias, tp))
+    up = F.linear_sliced(x, w.up_proj, w.up_bias, tp)
+    return F.linear_sliced(gate * up, w.down_proj, w.down_bias, tp, split="in")
+
+
+def decoder_layer(x, w: LayerWeights, config: LlamaConfig, cos, sin, mask):
+    """One pre-norm block: attention then MLP, each added to the residual stream."""
+    attn_out, probs = self_attention(F.rms_norm(x, w.attn_norm, config.rms_norm_eps), w, config, cos, sin, mask)
+    h = x + attn_out
+    return h + mlp(F.rms_norm(h, w.mlp_norm, config.rms_norm_eps), w, config), probs
+
+
+def positions_from_mask(padding_mask):
+    """Position of each token counting only real tokens, so left padding does not shift them.
+
+    padding_mask: (batch, seq) of 1 (token) / 0 (padding) -> (batch, seq) int64; padding gets position 0.
+    """
+    xp = namespace_of(padding_mask)
+    real = xp.astype(padding_mask != 0, xp.int64)
+    return xp.maximum(xp.cumulative_sum(real, axis=1) - 1, 0)
+
+
+def llama_forward(weights: Weights, config: LlamaConfig, input_ids, attention_mask=None, position_ids=None,
+                  output_hidden_states: bool = False, output_attentions: bool = False):
+    """Run the decoder stack.
+
+    input_ids: (batch, seq) integer array on the weights' backend.
+    attention_mask: (batch, seq), 1 for tokens, 0 for padding (left or right).
+    position_ids: (batch, seq); by default counted from the attention mask.
+    Returns (last_hidden_state (batch, seq, hidden), hidden_states or None, attentions or None),
+    where hidden_states holds the embeddings, each layer's output, and the final normed output
+    in place of the last layer's, as transformers does.
+    """
+    xp = namespace_of(weights.embed_tokens)
+    batch, seq = input_ids.shape
+    if position_ids is None:
+        position_ids = positions_from_mask(attention_mask) if attention_mask is not None else \
+            xp.broadcast_to(xp.arange(seq)[None, :], (batch, seq))
+    x = F.embedding(input_ids, weights.embed_tokens)  # (batch, seq, hidden)
+    max_position = int(xp.max(position_ids)) + 1
+    inv_freq = inverse_frequencies(config, xp, seq_len=max_position)
+    cos, sin = rope_cos_sin(position_ids, inv_freq, x.dtype)  # (batch, seq, head_dim)
+    mask = F.attention_mask(seq, seq, xp, attention_mask)  # (batch, 1, seq, seq)
+
+    hidden_states, attentions = [x] if output_hidden_states else None, [] if output_attentions else None
+    for layer in weights.layers:
+        x, probs = decoder_layer(x, layer, config, cos, sin, mask)
+        if output_hidden_states:
+            hidden_states.append(x)
+        if output_attentions:
+            attentions.append(probs)
+    x = F.rms_norm(x, weights.norm, config.rms_norm_eps)
+    if output_hidden_states:
+        hidden_states[-1] = x
+    return x, hidden_states, attentions
+
+
+def last_token_index(input_ids, pad_token_id):
+    """For each row, the index of the rightmost token that is not padding, as transformers pools it."""
+    xp = namespace_of(input_ids)
+    seq = input_ids.shape[1]
+    not_pad = xp.astype(input_ids != pad_token_id, xp.int64)
+    return xp.argmax(xp.arange(seq)[None, :] * not_pad, axis=1)  # (batch,)
+
+
+# ---- the classes ------------------------------------------------------------------------------
+
+@dataclass
+class LlamaOutput:
+    """What a forward pass returns; arrays live on the model's backend."""
+
+    logits: object = None  # (batch, seq, vocab), or (batch, num_labels) for classification
+    last_hidden_state: object = None  # (batch, seq, hidden)
+    hidden_states: tuple | None = None  # num_hidden_layers + 1 arrays of (batch, seq, hidden)
+    attentions: tuple | None = None  # num_hidden_layers arrays of (batch, heads, seq, seq)
+
+    def __getitem__(self, key):
+        return getattr(self, key)
+
+
+class _LlamaBase:
+    _head = None
+
+    def __init__(self, config: LlamaConfig, weights: Weights, backend: str = "numpy", dtype: str = "float32"):
+        self.config = config
+        self.weights = weights
+        self.backend = backend
+        self.dtype = dtype
+        self.xp = get_namespace(backend)
+
+    @classmethod
+    def from_pretrained(cls, path, backend: str = "numpy", dtype: str = "float32"):
+        """Load a Hugging Face checkpoint folder (``config.json`` + safetensors).
+
+        backend: "numpy", "cupy" or "strict"; dtype: the compute dtype, "float32" by default.
+        """
+        path = os.fspath(path)
+        if dtype not in COMPUTE_DTYPES:
+            raise ValueError(f"dtype must be one of {COMPUTE_DTYPES}, got {dtype!r}")
+        xp = get_namespace(backend)
+        get_dtype(xp, dtype)  # fails early if this backend lacks the dtype
+        config = LlamaConfig.from_pretrained(path)
+        tensors = read_hf_checkpoint(path)
+        weights = load_weights(tensors, config, xp, dtype, head=cls._head, source=path)
+        return cls(config, weights, backend=backend, dtype=dtype)
+
+    def _prepare(self, input_ids, attention_mask, position_ids):
+        """Check the inputs and put them on the backend as integer arrays."""
+        xp = self.xp
+        ids = self._as_int_array(input_ids, "input_ids")
+        if ids.ndim == 1:
+            ids = ids[None, :]
+        if ids.ndim != 2 or ids.shape[1] == 0:
+            raise ValueError(f"input_ids must have shape (batch, seq) with seq >= 1, got {tuple(ids.shape)}")
+        low, high = int(xp.min(ids)), int(xp.max(ids))
+        if low < 0 or high >= self.config.vocab_size:
+            bad = low if low < 0 else high
+            raise ValueError(f"input_ids contains token id {bad}, outside the vocabulary [0, {self.config.vocab_size})")
+        extras = []
+        for name, value in (("attention_mask", attention_mask), ("position_ids", position_ids)):
+            if value is not None:
+                value = self._as_int_array(value, name)
+                if value.ndim == 1:
+                    value = value[None, :]
+                if tuple(value.shape) != tuple(ids.shape):
+                    raise ValueError(f"{name} has shape {tuple(value.shape)}, but input_ids has {tuple(ids.shape)}")
+            extras.append(value)
+        if extras[1] is not None and int(xp.min(extras[1])) < 0:
+            raise ValueError("position_ids must not be negative")
+        return ids, extras[0], extras[1]
+
+    def _as_int_array(self, value, name):
+        xp = self.xp
+        if isinstance(value, (list, tuple, np.ndarray)):
+            host = np.asarray(value)
+            if host.dtype == np.bool_:
+                host = host.astype(np.int64)
+            if host.size and not np.issubdtype(host.dtype, np.integer):
+                raise ValueError(f"{name} must hold integers, got dtype {host.dtype}")
+            return to_backend(host.astype(np.int64), xp)
+        if namespace_of(value) is not xp:
+            raise ValueError(f"{name} is an array of another backend than this model's ({self.backend})")
+        if value.dtype == xp.bool:
+            return xp.astype(value, xp.int64)
+        if not xp.isdtype(value.dtype, "integral"):
+            raise ValueError(f"{name} must hold integers, got dtype {value.dtype}")
+        return value
+
+    def _run(self, input_ids, attention_mask, position_ids, output_hidden_states, output_attentions):
+        ids, mask, positions = self._prepare(input_ids, attention_mask, position_ids)
+        x, hidden, attns = llama_forward(self.weights, self.config, ids, mask, positions,
+                                         output_hidden_states, output_attentions)
+        return ids, x, (tuple(hidden) if hidden is not None else None), (tuple(attns) if attns is not None else None)
+
+    def __call__(self, *args, **kwargs):
+        return self.forward(*args, **kwargs)
+
+    def num_parameters(self) -> int:
+        w = self.weights
+        seen, total = set(), 0
+        for array in [w.embed_tokens, w.norm, w.lm_head, w.score] + \
+                     [getattr(layer, f.name) for layer in w.layers for f in fields(layer)]:
+            if array is not None and id(array) not in seen:
+                seen.add(id(array))
+                total += int(np.prod(array.shape))
+        return total
+
+
+class LlamaModel(_LlamaBase):
+    """The decoder stack alone: returns ``last_hidden_state``."""
+
+    _head = None
+
+    def forward(self, input_ids, attention_mask=None, position_ids=None,
+                output_hidden_states: bool = False, output_attentions: bool = False) -> LlamaOutput:
+        _, x, hidden, attns = self._run(input_ids, attention_mask, position_ids, output_hidden_states, output_attentions)
+        return LlamaOutput(last_hidden_state=x, hidden_states=hidden, attentions=attns)
+
+
+class LlamaForCausalLM(_LlamaBase):
+    """The decoder stack and the language-model head: ``logits`` over the vocabulary at every position."""
+
+    _head = "lm_head"
+
+    def forward(self, input_ids, attention_mask=None, position_ids=None,
+                output_hidden_states: bool = False, output_attentions: bool = False) -> LlamaOutput:
+        _, x, hidden, attns = self._run(input_ids, attention_mask, position_ids, output_hidden_states, output_attentions)
+        logits = F.linear_sliced(x, self.weights.lm_head, slices=self.config.pretraining_tp)  # (batch, seq, vocab)
+        return LlamaOutput(logits=logits, last_hidden_state=x, hidden_states=hidden, attentions=attns)
+
+
+class LlamaForSequenceClassification(_LlamaBase):
+    """The decoder stack and a linear ``score`` head read at each row's last real token."""
+
+    _head = "score"
+
+    def forward(self, input_ids, attention_mask=None, position_ids=None,
+                output_hidden_states: bool = False, output_attentions: bool = False) -> LlamaOutput:
+        ids, x, hidden, attns = self._run(input_ids, attention_mask, position_ids, output_hidden_states, output_attentions)
+        xp = self.xp
+        batch = ids.shape[0]
+        pad = self.config.pad_token_id
+        if pad is None and batch != 1:
+            raise ValueError("sequence classification of a batch needs config.pad_token_id to find each row's last token")
+        scores = F.linear(x, self.weights.score)  # (batch, seq, num_labels)
+        if pad is None:
+            pooled = scores[:, -1, :]
+        else:
+            last = last_token_index(ids, pad)  # (batch,)
+            seq = ids.shape[1]
+            flat = xp.reshape(scores, (batch * seq, scores.shape[-1]))
+            pooled = xp.take(flat, xp.arange(batch) * seq + last, axis=0)  # (batch, num_labels)
+        return LlamaOutput(logits=pooled, last_hidden_state=x, hidden_states=hidden, attentions=attns)
+
+
+_ARCHITECTURES = {
+    "LlamaForCausalLM": LlamaForCausalLM,
+    "LlamaForSequenceClassification": LlamaForSequenceClassification,
+    "LlamaModel": LlamaModel,
+}
+
+
+def load(path, backend: str = "numpy", dtype: str = "float32"):
+    """Load a checkpoint folder as the class its ``config.json`` names (LlamaForCausalLM by default)."""
+    config = LlamaConfig.from_pretrained(path)
+    name = (config.architectures or ["LlamaForCausalLM"])[0]
+    cls = _ARCHITECTURES.get(name, LlamaForCausalLM)
+    return cls.from_pretrained(path, backend=backend, dtype=dtype)
