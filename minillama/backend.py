@@ -73,8 +73,8 @@ def to_backend(host_array: np.ndarray, xp: ModuleType):
 
 def to_numpy(array) -> np.ndarray:
     """Bring a backend array back to the host as a NumPy array."""
-    if isinstance(array, np.ndarray):
-        return array
+    if isinstance(array, (np.ndarray, np.generic)):
+        return np.asarray(array)
     if array_api_compat.is_cupy_array(array):
         return array.get()
     return np.from_dlpack(array)

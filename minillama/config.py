@@ -100,6 +100,8 @@ class LlamaConfig:
     def from_pretrained(cls, path: str | os.PathLike) -> "LlamaConfig":
         """Read ``config.json`` from a checkpoint folder (or the file itself)."""
         path = os.fspath(path)
+        if not os.path.exists(path):
+            raise FileNotFoundError(f"checkpoint not found: {path}")
         if os.path.isdir(path):
             path = os.path.join(path, "config.json")
         return cls.from_json_file(path)

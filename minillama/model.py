@@ -197,8 +197,10 @@ def llama_forward(weights: Weights, config: LlamaConfig, input_ids, attention_ma
         position_ids = positions_from_mask(attention_mask) if attention_mask is not None else \
             xp.broadcast_to(xp.arange(seq)[None, :], (batch, seq))
     x = F.embedding(input_ids, weights.embed_tokens)  # (batch, seq, hidden)
-    max_position = int(xp.max(position_ids)) + 1
-    inv_freq = inverse_frequencies(config, xp, seq_len=max_position)
+    # Only dynamic RoPE depends on the longest position; reading it is a device-to-host sync on a GPU.
+    dynamic = config.rope_scaling is not None and config.rope_scaling["rope_type"] == "dynamic"
+    seq_len = int(xp.max(position_ids)) + 1 if dynamic else None
+    inv_freq = inverse_frequencies(config, xp, seq_len=seq_len)
     cos, sin = rope_cos_sin(position_ids, inv_freq, x.dtype)  # (batch, seq, head_dim)
     mask = F.attention_mask(seq, seq, xp, attention_mask)  # (batch, 1, seq, seq)
 

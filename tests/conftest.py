@@ -9,6 +9,10 @@ import os
 import numpy as np
 import pytest
 
+# Tests never download: transformers reads only the folders the tests write.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
 SHARED = os.path.join(os.path.dirname(__file__), "..", "..", "shared")
 
 

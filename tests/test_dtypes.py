@@ -1,0 +1,66 @@
+"""float32 in means float32 out: no silent upcast to float64 anywhere in a forward pass."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import minillama
+from minillama import functional as F
+from minillama.backend import get_namespace
+from minillama.rope import apply_rotary, inverse_frequencies, rope_cos_sin
+from minillama.synthetic import write_random_checkpoint
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("tiny")
+    write_random_checkpoint(folder, seed=1)
+    return folder
+
+
+def test_forward_outputs_stay_float32(tiny, backend):
+    model = minillama.LlamaForCausalLM.from_pretrained(tiny, backend=backend)
+    xp = model.xp
+    ids = np.array([[1, 2, 3, 4, 5], [0, 0, 7, 8, 9]])
+    out = model(ids, attention_mask=(ids != 0).astype(np.int64), output_hidden_states=True, output_attentions=True)
+    for array in (out.logits, out.last_hidden_state, *out.hidden_states, *out.attentions):
+        assert array.dtype == xp.float32
+
+
+def test_every_weight_is_float32(tiny, backend):
+    model = minillama.LlamaForCausalLM.from_pretrained(tiny, backend=backend)
+    w = model.weights
+    arrays = [w.embed_tokens, w.norm, w.lm_head] + [a for layer in w.layers for a in vars(layer).values() if a is not None]
+    assert all(a.dtype == model.xp.float32 for a in arrays)
+
+
+def test_float16_compute_stays_float16(tmp_path):
+    write_random_checkpoint(tmp_path, dtype="float32")
+    model = minillama.LlamaForCausalLM.from_pretrained(tmp_path, dtype="float16")
+    out = model(np.array([[1, 2, 3]]), output_hidden_states=True)
+    assert out.logits.dtype == np.float16 and all(h.dtype == np.float16 for h in out.hidden_states)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+def test_components_keep_dtype(dtype):
+    xp = get_namespace("numpy")
+    dt = getattr(xp, dtype)
+    x = xp.asarray(np.ones((1, 3, 16)), dtype=dt)
+    assert F.rms_norm(x, xp.ones(16, dtype=dt), 1e-6).dtype == dt
+    assert F.silu(x).dtype == dt
+    assert F.softmax(x).dtype == dt
+    q = xp.reshape(x, (1, 1, 3, 16))
+    out, probs = F.attention(q, q, q, F.attention_mask(3, 3, xp))
+    assert out.dtype == dt and probs.dtype == dt
+    config = minillama.LlamaConfig(hidden_size=64, num_attention_heads=4)
+    cos, sin = rope_cos_sin(xp.asarray([[0, 1, 2]]), inverse_frequencies(config, xp), dt)
+    assert apply_rotary(q, cos, sin).dtype == dt
+
+
+def test_float32_checkpoint_is_memory_mapped_not_copied(tiny):
+    model = minillama.LlamaForCausalLM.from_pretrained(tiny)
+    array = model.weights.layers[0].q_proj
+    while getattr(array, "base", None) is not None and not isinstance(array, np.memmap):
+        array = array.base
+    assert isinstance(array, np.memmap), "float32 weights should be views of the file, not copies"
