@@ -317,6 +317,30 @@ class _LlamaBase:
     def __call__(self, *args, **kwargs):
         return self.forward(*args, **kwargs)
 
+    def resize_token_embeddings(self, new_num_tokens: int) -> None:
+        """Give the vocabulary ``new_num_tokens`` rows, e.g. after ``tokenizer.add_special_tokens``.
+
+        New rows of the embedding (and of an untied LM head) are zero, so a new pad
+        token embeds to zero. Shrinking drops the last rows.
+        """
+        if not isinstance(new_num_tokens, int) or new_num_tokens < 1:
+            raise ValueError(f"new_num_tokens must be a positive integer, got {new_num_tokens!r}")
+        xp, w, old = self.xp, self.weights, self.config.vocab_size
+
+        def resized(table):  # (old, hidden) -> (new_num_tokens, hidden)
+            if new_num_tokens <= old:
+                return table[:new_num_tokens, :]
+            zeros = xp.zeros((new_num_tokens - old, table.shape[1]), dtype=table.dtype)
+            return xp.concat([table, zeros], axis=0)
+
+        tied = w.lm_head is w.embed_tokens
+        w.embed_tokens = resized(w.embed_tokens)
+        if tied:
+            w.lm_head = w.embed_tokens
+        elif w.lm_head is not None:
+            w.lm_head = resized(w.lm_head)
+        self.config.vocab_size = new_num_tokens
+
     def num_parameters(self) -> int:
         w = self.weights
         seen, total = set(), 0

@@ -213,3 +213,17 @@ def test_bad_backend_and_dtype(tiny):
         minillama.load(tiny, dtype="int8")
     with pytest.raises(ValueError, match="'float16' is not available on the 'strict' backend"):
         minillama.load(tiny, backend="strict", dtype="float16")
+
+
+def test_resize_token_embeddings(tiny):
+    model = minillama.load(tiny)
+    ids = np.array([[1, 2, 3]])
+    before = model(ids).logits
+    model.resize_token_embeddings(260)
+    after = model(np.array([[1, 2, 3]])).logits
+    assert after.shape == (1, 3, 260) and model.config.vocab_size == 260
+    np.testing.assert_array_equal(after[..., :256], before)
+    assert np.all(model.weights.embed_tokens[256:] == 0) and np.all(model.weights.lm_head[256:] == 0)
+    assert model(np.array([[259, 1]])).logits.shape == (1, 2, 260)  # the new ids are valid input
+    with pytest.raises(ValueError, match="new_num_tokens"):
+        model.resize_token_embeddings(0)
