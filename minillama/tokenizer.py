@@ -54,6 +54,18 @@ class _LlamaTokenizerBase:
         self.bos_token, self.eos_token, self.unk_token, self.pad_token = "<s>", "</s>", "<unk>", None
         self.added_tokens: dict[str, int] = {}  # tokens added beyond the model's vocabulary
 
+    file_name = ""  # the vocabulary file a checkpoint folder holds
+
+    @classmethod
+    def from_pretrained(cls, path):
+        """A folder holding the vocabulary file (and optionally ``tokenizer_config.json``), or the file itself."""
+        path = os.fspath(path)
+        folder = path if os.path.isdir(path) else None
+        tokenizer = cls(os.path.join(path, cls.file_name) if folder else path)
+        if folder:
+            tokenizer._load_tokenizer_config(folder)
+        return tokenizer
+
     # ---- the engine: subclasses provide these -----------------------------------------------
 
     def _encode_plain(self, text: str) -> list[int]:
@@ -431,6 +443,8 @@ class StreamDecoder:
 class LlamaTokenizer(_LlamaTokenizerBase):
     """The Llama tokenizer on sentencepiece, from a ``tokenizer.model``."""
 
+    file_name = "tokenizer.model"
+
     def __init__(self, path: str):
         super().__init__(path)
         import sentencepiece
@@ -443,16 +457,6 @@ class LlamaTokenizer(_LlamaTokenizerBase):
         if self.sp.get_piece_size() == 0:
             raise TokenizerError(f"{path}: not a sentencepiece model (no pieces)")
         self.vocab_size = self.sp.get_piece_size()
-
-    @classmethod
-    def from_pretrained(cls, path) -> "LlamaTokenizer":
-        """A folder holding ``tokenizer.model`` (and optionally ``tokenizer_config.json``), or the file itself."""
-        path = os.fspath(path)
-        folder = path if os.path.isdir(path) else None
-        tokenizer = cls(os.path.join(path, "tokenizer.model") if folder else path)
-        if folder:
-            tokenizer._load_tokenizer_config(folder)
-        return tokenizer
 
     def _encode_plain(self, text):
         return self.sp.encode(text)
@@ -481,6 +485,8 @@ class LlamaTokenizerFast(_LlamaTokenizerBase):
     starts with a space (see docs/tokenizer.md).
     """
 
+    file_name = "tokenizer.json"
+
     def __init__(self, path: str):
         super().__init__(path)
         try:
@@ -495,15 +501,6 @@ class LlamaTokenizerFast(_LlamaTokenizerBase):
             raise TokenizerError(f"{path}: not a tokenizers JSON file ({error})") from None
         self.tk.encode_special_tokens = True  # literal "<s>" is text unless parse_special_tokens=True
         self.vocab_size = self.tk.get_vocab_size(with_added_tokens=True)
-
-    @classmethod
-    def from_pretrained(cls, path) -> "LlamaTokenizerFast":
-        path = os.fspath(path)
-        folder = path if os.path.isdir(path) else None
-        tokenizer = cls(os.path.join(path, "tokenizer.json") if folder else path)
-        if folder:
-            tokenizer._load_tokenizer_config(folder)
-        return tokenizer
 
     def _encode_plain(self, text):
         return self.tk.encode(text, add_special_tokens=False).ids if text else []
