@@ -24,6 +24,7 @@ import numpy as np
 from . import functional as F
 from .backend import get_dtype, get_namespace, namespace_of, to_backend
 from .checkpoint import CheckpointError, read_hf_checkpoint
+from .cache import KVCache
 from .config import LlamaConfig
 from .rope import apply_rotary, inverse_frequencies, rope_cos_sin
 
@@ -132,10 +133,12 @@ def load_weights(tensors: dict, config: LlamaConfig, xp, dtype, head: str = "lm_
 
 # ---- the forward pass -------------------------------------------------------------------------
 
-def self_attention(x, w: LayerWeights, config: LlamaConfig, cos, sin, mask):
+def self_attention(x, w: LayerWeights, config: LlamaConfig, cos, sin, mask, cache=None, layer: int = 0):
     """The attention block of one layer, without the norm and residual.
 
-    x: (batch, seq, hidden) -> ((batch, seq, hidden), probabilities (batch, heads, seq, seq))
+    x: (batch, seq, hidden) -> ((batch, seq, hidden), probabilities (batch, heads, seq, k_len)).
+    With a KVCache, the new keys and values are appended to the layer's cache and the
+    queries attend to every cached position (k_len = cached + seq).
     """
     xp = namespace_of(x)
     batch, seq, _ = x.shape
@@ -148,6 +151,8 @@ def self_attention(x, w: LayerWeights, config: LlamaConfig, cos, sin, mask):
     k = xp.permute_dims(xp.reshape(k, (batch, seq, kv_heads, head_dim)), (0, 2, 1, 3))  # (batch, kv_heads, seq, head_dim)
     v = xp.permute_dims(xp.reshape(v, (batch, seq, kv_heads, head_dim)), (0, 2, 1, 3))
     q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+    if cache is not None:
+        k, v = cache.update(layer, k, v)  # (batch, kv_heads, cached + seq, head_dim)
     out, probs = F.attention(q, k, v, mask)  # (batch, heads, seq, head_dim)
     out = xp.reshape(xp.permute_dims(out, (0, 2, 1, 3)), (batch, seq, heads * head_dim))
     return F.linear_sliced(out, w.o_proj, w.o_bias, tp, split="in"), probs
@@ -163,9 +168,10 @@ def mlp(x, w: LayerWeights, config: LlamaConfig):
     return F.linear_sliced(gate * up, w.down_proj, w.down_bias, tp, split="in")
 
 
-def decoder_layer(x, w: LayerWeights, config: LlamaConfig, cos, sin, mask):
+def decoder_layer(x, w: LayerWeights, config: LlamaConfig, cos, sin, mask, cache=None, layer: int = 0):
     """One pre-norm block: attention then MLP, each added to the residual stream."""
-    attn_out, probs = self_attention(F.rms_norm(x, w.attn_norm, config.rms_norm_eps), w, config, cos, sin, mask)
+    attn_out, probs = self_attention(F.rms_norm(x, w.attn_norm, config.rms_norm_eps), w, config, cos, sin, mask,
+                                     cache, layer)
     h = x + attn_out
     return h + mlp(F.rms_norm(h, w.mlp_norm, config.rms_norm_eps), w, config), probs
 
@@ -181,36 +187,43 @@ def positions_from_mask(padding_mask):
 
 
 def llama_forward(weights: Weights, config: LlamaConfig, input_ids, attention_mask=None, position_ids=None,
-                  output_hidden_states: bool = False, output_attentions: bool = False):
+                  output_hidden_states: bool = False, output_attentions: bool = False, cache=None):
     """Run the decoder stack.
 
     input_ids: (batch, seq) integer array on the weights' backend.
-    attention_mask: (batch, seq), 1 for tokens, 0 for padding (left or right).
+    attention_mask: (batch, seq), 1 for tokens, 0 for padding (left or right); with a
+    cache, (batch, cached + seq), covering the cached positions too.
     position_ids: (batch, seq); by default counted from the attention mask.
+    cache: a KVCache to read earlier positions from and append these to.
     Returns (last_hidden_state (batch, seq, hidden), hidden_states or None, attentions or None),
     where hidden_states holds the embeddings, each layer's output, and the final normed output
     in place of the last layer's, as transformers does.
     """
     xp = namespace_of(weights.embed_tokens)
     batch, seq = input_ids.shape
+    past = cache.length if cache is not None else 0
     if position_ids is None:
-        position_ids = positions_from_mask(attention_mask) if attention_mask is not None else \
-            xp.broadcast_to(xp.arange(seq)[None, :], (batch, seq))
+        if attention_mask is not None:
+            position_ids = positions_from_mask(attention_mask)[:, past:]
+        else:
+            position_ids = xp.broadcast_to(xp.arange(past, past + seq)[None, :], (batch, seq))
     x = F.embedding(input_ids, weights.embed_tokens)  # (batch, seq, hidden)
     # Only dynamic RoPE depends on the longest position; reading it is a device-to-host sync on a GPU.
     dynamic = config.rope_scaling is not None and config.rope_scaling["rope_type"] == "dynamic"
     seq_len = int(xp.max(position_ids)) + 1 if dynamic else None
     inv_freq = inverse_frequencies(config, xp, seq_len=seq_len)
     cos, sin = rope_cos_sin(position_ids, inv_freq, x.dtype)  # (batch, seq, head_dim)
-    mask = F.attention_mask(seq, seq, xp, attention_mask)  # (batch, 1, seq, seq)
+    mask = F.attention_mask(seq, past + seq, xp, attention_mask)  # (batch, 1, seq, past + seq)
 
     hidden_states, attentions = [x] if output_hidden_states else None, [] if output_attentions else None
-    for layer in weights.layers:
-        x, probs = decoder_layer(x, layer, config, cos, sin, mask)
+    for i, layer in enumerate(weights.layers):
+        x, probs = decoder_layer(x, layer, config, cos, sin, mask, cache, i)
         if output_hidden_states:
             hidden_states.append(x)
         if output_attentions:
             attentions.append(probs)
+    if cache is not None:
+        cache.advance(seq)
     x = F.rms_norm(x, weights.norm, config.rms_norm_eps)
     if output_hidden_states:
         hidden_states[-1] = x
@@ -266,8 +279,8 @@ class _LlamaBase:
         weights = load_weights(tensors, config, xp, dtype, head=cls._head, source=path)
         return cls(config, weights, backend=backend, dtype=dtype)
 
-    def _prepare(self, input_ids, attention_mask, position_ids):
-        """Check the inputs and put them on the backend as integer arrays."""
+    def _prepare(self, input_ids, attention_mask, position_ids, past: int = 0):
+        """Check the inputs and put them on the backend as integer arrays (``past``: positions already cached)."""
         xp = self.xp
         ids = self._as_int_array(input_ids, "input_ids")
         if ids.ndim == 1:
@@ -284,8 +297,10 @@ class _LlamaBase:
                 value = self._as_int_array(value, name)
                 if value.ndim == 1:
                     value = value[None, :]
-                if tuple(value.shape) != tuple(ids.shape):
-                    raise ValueError(f"{name} has shape {tuple(value.shape)}, but input_ids has {tuple(ids.shape)}")
+                expected = (ids.shape[0], ids.shape[1] + (past if name == "attention_mask" else 0))
+                if tuple(value.shape) != expected:
+                    raise ValueError(f"{name} has shape {tuple(value.shape)}, but {expected} is needed for "
+                                     f"input_ids of shape {tuple(ids.shape)}" + (f" after {past} cached positions" if past else ""))
             extras.append(value)
         if extras[1] is not None and int(xp.min(extras[1])) < 0:
             raise ValueError("position_ids must not be negative")
@@ -308,14 +323,18 @@ class _LlamaBase:
             raise ValueError(f"{name} must hold integers, got dtype {value.dtype}")
         return value
 
-    def _run(self, input_ids, attention_mask, position_ids, output_hidden_states, output_attentions):
-        ids, mask, positions = self._prepare(input_ids, attention_mask, position_ids)
+    def _run(self, input_ids, attention_mask, position_ids, output_hidden_states, output_attentions, cache=None):
+        ids, mask, positions = self._prepare(input_ids, attention_mask, position_ids, cache.length if cache else 0)
         x, hidden, attns = llama_forward(self.weights, self.config, ids, mask, positions,
-                                         output_hidden_states, output_attentions)
+                                         output_hidden_states, output_attentions, cache)
         return ids, x, (tuple(hidden) if hidden is not None else None), (tuple(attns) if attns is not None else None)
 
     def __call__(self, *args, **kwargs):
         return self.forward(*args, **kwargs)
+
+    def new_cache(self, batch: int, max_len: int) -> KVCache:
+        """An empty KV cache for ``batch`` sequences of up to ``max_len`` positions, on this model's backend."""
+        return KVCache(self.config, batch, max_len, self.xp, get_dtype(self.xp, self.dtype))
 
     def resize_token_embeddings(self, new_num_tokens: int) -> None:
         """Give the vocabulary ``new_num_tokens`` rows, e.g. after ``tokenizer.add_special_tokens``.
@@ -369,8 +388,11 @@ class LlamaForCausalLM(_LlamaBase):
     _head = "lm_head"
 
     def forward(self, input_ids, attention_mask=None, position_ids=None,
-                output_hidden_states: bool = False, output_attentions: bool = False) -> LlamaOutput:
-        _, x, hidden, attns = self._run(input_ids, attention_mask, position_ids, output_hidden_states, output_attentions)
+                output_hidden_states: bool = False, output_attentions: bool = False, cache=None) -> LlamaOutput:
+        """cache: a KVCache from ``new_cache``; input_ids are then the new tokens only and
+        attention_mask covers the cached positions and the new ones."""
+        _, x, hidden, attns = self._run(input_ids, attention_mask, position_ids, output_hidden_states,
+                                        output_attentions, cache)
         logits = F.linear_sliced(x, self.weights.lm_head, slices=self.config.pretraining_tp)  # (batch, seq, vocab)
         return LlamaOutput(logits=logits, last_hidden_state=x, hidden_states=hidden, attentions=attns)
 

@@ -1,0 +1,113 @@
+"""Choosing the next token: small functions that reshape a row of logits, then one draw.
+
+Each function takes logits (batch, vocab) and returns new logits, with the
+semantics of the transformers logits processor of the same name; removed tokens
+get -inf. :func:`process_logits` applies them in transformers' order:
+repetition penalty, temperature, top-k, top-p, min-p. The draw itself happens on
+the host with a seeded NumPy generator, so one seed gives the same tokens on
+NumPy and on CuPy (only one vocabulary row per sequence crosses to the host).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .backend import namespace_of, to_numpy
+from .functional import softmax
+
+NEG_INF = -math.inf
+
+
+def repetition_penalty(logits, previous_ids, penalty: float):
+    """Make tokens already seen less likely: positive logits divided by ``penalty``, negative multiplied.
+
+    logits: (batch, vocab); previous_ids: (batch, n) ids of the prompt and the tokens generated so far.
+    """
+    xp = namespace_of(logits)
+    batch, vocab = logits.shape
+    seen = xp.zeros((batch, vocab), dtype=xp.bool)
+    for row in range(batch):  # mark each row's seen ids (a scatter, written plainly)
+        ids = previous_ids[row, :]
+        onehot = xp.arange(vocab)[None, :] == ids[:, None]  # (n, vocab)
+        seen[row, :] = xp.any(onehot, axis=0)
+    penalised = xp.where(logits < 0, logits * penalty, logits / penalty)
+    return xp.where(seen, penalised, logits)
+
+
+def temperature(logits, value: float):
+    """Divide by the temperature: below 1 sharpens the distribution, above 1 flattens it."""
+    return logits / value
+
+
+def top_k(logits, k: int):
+    """Keep the k highest logits of each row (ties with the k-th are kept too)."""
+    xp = namespace_of(logits)
+    k = min(k, logits.shape[-1])
+    kth = xp.sort(logits, axis=-1, descending=True)[:, k - 1:k]  # (batch, 1)
+    return xp.where(logits < kth, NEG_INF, logits)
+
+
+def top_p(logits, p: float):
+    """Nucleus: keep the most likely tokens whose probabilities add up to at least p (always one)."""
+    xp = namespace_of(logits)
+    ascending = xp.sort(logits, axis=-1)
+    cumulative = xp.cumulative_sum(softmax(ascending, axis=-1), axis=-1)  # (batch, vocab), ascending order
+    removed = cumulative <= (1 - p)
+    removed[:, -1] = False  # the most likely token always stays
+    # The smallest logit that stays is the threshold.
+    kept = xp.where(removed, math.inf, ascending)
+    threshold = xp.min(kept, axis=-1, keepdims=True)  # (batch, 1)
+    return xp.where(logits < threshold, NEG_INF, logits)
+
+
+def min_p(logits, p: float):
+    """Keep tokens whose probability is at least p times that of the most likely token."""
+    xp = namespace_of(logits)
+    probs = softmax(logits, axis=-1)
+    floor = p * xp.max(probs, axis=-1, keepdims=True)
+    return xp.where(probs < floor, NEG_INF, logits)
+
+
+def process_logits(logits, previous_ids=None, temperature_value: float = 1.0, top_k_value: int = 0,
+                   top_p_value: float = 1.0, min_p_value: float = 0.0, repetition: float = 1.0):
+    """All of the above, in transformers' order; a value that changes nothing is skipped."""
+    if repetition != 1.0 and previous_ids is not None:
+        logits = repetition_penalty(logits, previous_ids, repetition)
+    if temperature_value not in (0.0, 1.0):
+        logits = temperature(logits, temperature_value)
+    if top_k_value > 0:
+        logits = top_k(logits, top_k_value)
+    if top_p_value < 1.0:
+        logits = top_p(logits, top_p_value)
+    if min_p_value > 0.0:
+        logits = min_p(logits, min_p_value)
+    return logits
+
+
+def check_sampling_args(temperature_value, top_k_value, top_p_value, min_p_value, repetition) -> None:
+    if not isinstance(temperature_value, (int, float)) or temperature_value < 0 or math.isnan(temperature_value):
+        raise ValueError(f"temperature must be >= 0 (0 means greedy), got {temperature_value!r}")
+    if not isinstance(top_k_value, int) or top_k_value < 0:
+        raise ValueError(f"top_k must be an integer >= 0 (0 turns it off), got {top_k_value!r}")
+    if not isinstance(top_p_value, (int, float)) or not 0 < top_p_value <= 1:
+        raise ValueError(f"top_p must be in (0, 1], got {top_p_value!r}")
+    if not isinstance(min_p_value, (int, float)) or not 0 <= min_p_value <= 1:
+        raise ValueError(f"min_p must be in [0, 1], got {min_p_value!r}")
+    if not isinstance(repetition, (int, float)) or not repetition > 0:
+        raise ValueError(f"repetition_penalty must be > 0, got {repetition!r}")
+
+
+def choose(logits, rng: np.random.Generator | None, greedy: bool) -> np.ndarray:
+    """One token per row: the argmax when greedy, else a draw from softmax(logits) on the host.
+
+    logits: (batch, vocab) on the backend -> (batch,) int64 NumPy array.
+    """
+    xp = namespace_of(logits)
+    if greedy:
+        return to_numpy(xp.argmax(logits, axis=-1)).astype(np.int64)
+    rows = to_numpy(logits).astype(np.float64)  # one row per sequence crosses to the host
+    probs = np.exp(rows - rows.max(axis=-1, keepdims=True))
+    probs /= probs.sum(axis=-1, keepdims=True)
+    return np.array([rng.choice(probs.shape[-1], p=row) for row in probs], dtype=np.int64)
