@@ -195,7 +195,7 @@ def test_token_id_outside_vocabulary(model, bad):
 
 
 def test_mask_shape_mismatch(model):
-    with pytest.raises(ValueError, match=r"attention_mask has shape \(1, 2\), but input_ids has \(1, 3\)"):
+    with pytest.raises(ValueError, match=r"attention_mask has shape \(1, 2\), but \(1, 3\) is needed for input_ids of shape \(1, 3\)"):
         model(np.array([[1, 2, 3]]), attention_mask=np.array([[1, 1]]))
 
 
