@@ -3,9 +3,13 @@
     prompt ids ─► forward(prompt, cache) ─► logits of the last position
                      └─ loop: process_logits ─► choose ─► forward(new token, cache) ─► ...
 
-Rows of a batch are left-padded to one length; each row stops at EOS (later
-positions are filled with the pad id) and generation ends when all rows have
-stopped or ``max_new_tokens`` are made.
+Rows of a batch are left-padded to one length; each row stops at EOS or at a
+stop string (later positions are filled with the pad id), and generation ends
+when all rows have stopped or ``max_new_tokens`` are made.
+
+* :func:`generate` works on ids and returns a :class:`GenerationOutput`.
+* :func:`generate_text` takes prompt strings and a tokenizer and returns texts.
+* :func:`stream_text` yields the text of one prompt piece by piece as it is made.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from .sampling import check_sampling_args, choose, process_logits
 class GenerationOutput:
     sequences: np.ndarray  # (batch, prompt + generated) ids, the prompt included, as transformers returns
     new_tokens: list = field(default_factory=list)  # per row, the generated ids up to and including EOS
+    texts: list | None = None  # per row, the generated text (generate_text only)
     prefill_tokens: int = 0
     prefill_seconds: float = 0.0
     decode_tokens: int = 0
@@ -37,59 +42,192 @@ class GenerationOutput:
         return self.decode_tokens / self.decode_seconds if self.decode_seconds else float("nan")
 
 
-def generate(model, input_ids, attention_mask=None, max_new_tokens: int = 32, temperature: float = 0.0,
-             top_k: int = 0, top_p: float = 1.0, min_p: float = 0.0, repetition_penalty: float = 1.0,
-             eos_token_id: int | list | None = None, pad_token_id: int | None = None, seed: int | None = None,
-             on_token=None) -> GenerationOutput:
-    """Generate up to ``max_new_tokens`` after each prompt row.
+@dataclass
+class Sampling:
+    """How to pick each token; temperature 0 is greedy."""
 
-    input_ids: (batch, seq) or (seq,) ids, left-padded with attention_mask 0 where padded.
-    temperature 0 is greedy (the default); otherwise the logits pass through repetition
-    penalty, temperature, top-k, top-p and min-p, and a token is drawn with ``seed``.
-    on_token(step, tokens): called with each step's (batch,) new ids, for streaming.
-    """
-    check_sampling_args(temperature, top_k, top_p, min_p, repetition_penalty)
-    if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+    temperature: float = 0.0
+    top_k: int = 0
+    top_p: float = 1.0
+    min_p: float = 0.0
+    repetition_penalty: float = 1.0
+    seed: int | None = None
+
+    def __post_init__(self):
+        check_sampling_args(self.temperature, self.top_k, self.top_p, self.min_p, self.repetition_penalty)
+
+
+def _steps(model, ids, mask, max_new_tokens, sampling: Sampling, eos, pad, done, out, cache, history):
+    """Yield each step's (batch,) new tokens. ``done`` (batch,) is shared with the caller,
+    which may mark rows finished (stop strings); rows that emit EOS are marked here."""
+    xp = model.xp
+    rng = np.random.default_rng(sampling.seed)
+    start = time.perf_counter()
+    logits = model(ids, attention_mask=mask, cache=cache).logits[:, -1, :]  # (batch, vocab)
+    out.prefill_tokens += int((mask[:, -ids.shape[1]:]).sum())
+    step_start = time.perf_counter()
+    out.prefill_seconds += step_start - start
+    seen = np.concatenate([history, ids], axis=1) if history is not None else ids  # for the repetition penalty
+    try:
+        for step in range(max_new_tokens):
+            processed = process_logits(logits, to_backend(seen, xp), sampling.temperature, sampling.top_k,
+                                       sampling.top_p, sampling.min_p, sampling.repetition_penalty)
+            tokens = np.where(done, pad, choose(processed, rng, greedy=sampling.temperature == 0))
+            out.decode_tokens += int((~done).sum())
+            seen = np.concatenate([seen, tokens[:, None]], axis=1)
+            out.sequences = np.concatenate([out.sequences, tokens[:, None]], axis=1)
+            mask = np.concatenate([mask, np.ones((len(tokens), 1), dtype=np.int64)], axis=1)
+            for row in np.flatnonzero(~done):
+                out.new_tokens[row].append(int(tokens[row]))
+            done |= np.isin(tokens, list(eos))
+            yield tokens
+            if done.all() or step == max_new_tokens - 1:
+                break
+            logits = model(tokens[:, None], attention_mask=mask, cache=cache).logits[:, -1, :]
+    finally:
+        out.decode_seconds += time.perf_counter() - step_start
+
+
+def _prepare_prompt(model, input_ids, attention_mask, max_new_tokens, cache):
+    if not isinstance(max_new_tokens, int) or isinstance(max_new_tokens, bool) or max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}")
     ids = np.asarray(input_ids, dtype=np.int64)
     ids = ids[None, :] if ids.ndim == 1 else ids
     if ids.ndim != 2 or ids.shape[1] == 0:
         raise ValueError("the prompt is empty: generation needs at least one token (BOS) to start from")
-    mask = np.ones_like(ids) if attention_mask is None else np.asarray(attention_mask, dtype=np.int64).reshape(ids.shape)
-    batch, prompt_len = ids.shape
+    past = cache.length if cache is not None else 0
+    if attention_mask is None:
+        mask = np.ones((ids.shape[0], past + ids.shape[1]), dtype=np.int64)
+    else:
+        mask = np.asarray(attention_mask, dtype=np.int64)
     limit = model.config.max_position_embeddings
-    if prompt_len + max_new_tokens > limit:
-        raise ValueError(f"prompt ({prompt_len} tokens) plus max_new_tokens ({max_new_tokens}) exceeds the "
+    if past + ids.shape[1] + max_new_tokens > limit:
+        raise ValueError(f"prompt ({past + ids.shape[1]} tokens) plus max_new_tokens ({max_new_tokens}) exceeds the "
                          f"model's context of {limit} positions")
-    eos = set([eos_token_id] if isinstance(eos_token_id, int) else (eos_token_id or []))
-    pad = pad_token_id if pad_token_id is not None else (min(eos) if eos else 0)
-    rng = np.random.default_rng(seed)
-    xp = model.xp
+    if cache is None:
+        cache = model.new_cache(ids.shape[0], ids.shape[1] + max_new_tokens)
+    return ids, mask, cache
 
-    cache = model.new_cache(batch, prompt_len + max_new_tokens)
-    start = time.perf_counter()
-    logits = model(ids, attention_mask=mask, cache=cache).logits[:, -1, :]  # (batch, vocab)
-    out = GenerationOutput(sequences=ids, prefill_tokens=int(mask.sum()))
-    done = np.zeros(batch, dtype=bool)
-    new_tokens = [[] for _ in range(batch)]
-    step_start = time.perf_counter()
-    out.prefill_seconds = step_start - start
-    for step in range(max_new_tokens):
-        processed = process_logits(logits, to_backend(out.sequences, xp), temperature, top_k, top_p, min_p,
-                                   repetition_penalty)
-        tokens = choose(processed, rng, greedy=temperature == 0)
-        tokens = np.where(done, pad, tokens)  # (batch,)
-        for row in np.flatnonzero(~done):
-            new_tokens[row].append(int(tokens[row]))
-        out.sequences = np.concatenate([out.sequences, tokens[:, None]], axis=1)
-        mask = np.concatenate([mask, np.ones((batch, 1), dtype=np.int64)], axis=1)
-        out.decode_tokens += int((~done).sum())
-        if on_token is not None:
-            on_token(step, tokens)
-        done |= np.isin(tokens, list(eos))
-        if done.all() or step == max_new_tokens - 1:
-            break
-        logits = model(tokens[:, None], attention_mask=mask, cache=cache).logits[:, -1, :]
-    out.decode_seconds = time.perf_counter() - step_start
-    out.new_tokens = new_tokens
+
+def _stop_ids(model, eos_token_id):
+    if eos_token_id is None:
+        eos_token_id = model.config.eos_token_id
+    return set([eos_token_id] if isinstance(eos_token_id, int) else (eos_token_id or []))
+
+
+def generate(model, input_ids, attention_mask=None, max_new_tokens: int = 32, temperature: float = 0.0,
+             top_k: int = 0, top_p: float = 1.0, min_p: float = 0.0, repetition_penalty: float = 1.0,
+             eos_token_id: int | list | None = None, pad_token_id: int | None = None, seed: int | None = None,
+             cache=None, history=None) -> GenerationOutput:
+    """Generate up to ``max_new_tokens`` after each prompt row.
+
+    input_ids: (batch, seq) or (seq,) ids, left-padded with attention_mask 0 where padded.
+    temperature 0 is greedy (the default); otherwise the logits pass through repetition
+    penalty, temperature, top-k, top-p and min-p, and a token is drawn with ``seed``.
+    eos_token_id: the id(s) that end a row (default: the config's; [] never stops).
+    cache, history: continue a conversation: ``cache`` already holds ``history`` (batch, past) ids,
+    and input_ids are the tokens that follow; attention_mask then covers history and prompt.
+    """
+    sampling = Sampling(temperature, top_k, top_p, min_p, repetition_penalty, seed)
+    ids, mask, cache = _prepare_prompt(model, input_ids, attention_mask, max_new_tokens, cache)
+    eos = _stop_ids(model, eos_token_id)
+    pad = pad_token_id if pad_token_id is not None else (min(eos) if eos else 0)
+    out = GenerationOutput(sequences=ids, new_tokens=[[] for _ in range(ids.shape[0])])
+    done = np.zeros(ids.shape[0], dtype=bool)
+    for _ in _steps(model, ids, mask, max_new_tokens, sampling, eos, pad, done, out, cache, history):
+        pass
     return out
+
+
+def _cut_at_stop(text: str, stop: list[str]) -> tuple[str, bool]:
+    """The text up to the first stop string, and whether one was found."""
+    cuts = [text.index(s) for s in stop if s in text]
+    return (text[:min(cuts)], True) if cuts else (text, False)
+
+
+def _encode_prompts(tokenizer, prompts):
+    rows = [tokenizer.encode(p) if isinstance(p, str) else list(p) for p in prompts]
+    width = max(len(r) for r in rows)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0  # hidden by the mask anyway
+    ids = np.array([[pad] * (width - len(r)) + r for r in rows], dtype=np.int64)
+    mask = np.array([[0] * (width - len(r)) + [1] * len(r) for r in rows], dtype=np.int64)
+    return ids, mask
+
+
+def _check_prompts(prompts):
+    if isinstance(prompts, str):
+        prompts = [prompts]
+    if not prompts or any(isinstance(p, str) and not p for p in prompts):
+        raise ValueError("the prompt is empty: give some text to continue")
+    return list(prompts)
+
+
+def generate_text(model, tokenizer, prompts, max_new_tokens: int = 32, stop: list[str] | None = None,
+                  **sampling) -> GenerationOutput:
+    """Generate from one prompt or a batch of prompt strings; ``.texts`` holds each row's new text.
+
+    stop: strings that end a row; the text is cut before the first one.
+    sampling: temperature, top_k, top_p, min_p, repetition_penalty, seed.
+    """
+    prompts = _check_prompts(prompts)
+    stop = list(stop or [])
+    ids, mask = _encode_prompts(tokenizer, prompts)
+    ids, mask, cache = _prepare_prompt(model, ids, mask, max_new_tokens, None)
+    eos = _stop_ids(model, tokenizer.eos_token_id)
+    out = GenerationOutput(sequences=ids, new_tokens=[[] for _ in prompts])
+    done = np.zeros(len(prompts), dtype=bool)
+    for _ in _steps(model, ids, mask, max_new_tokens, Sampling(**sampling), eos, min(eos), done, out, cache, None):
+        if stop:
+            for row in np.flatnonzero(~done):
+                done[row] = _cut_at_stop(tokenizer.decode(out.new_tokens[row]), stop)[1]  # a stop string appeared
+    prompt_rows = [list(row[m == 1]) for row, m in zip(ids, mask)]
+    out.texts = [_cut_at_stop(continuation(tokenizer, p, t), stop)[0] for p, t in zip(prompt_rows, out.new_tokens)]
+    return out
+
+
+def continuation(tokenizer, prompt_ids, new_ids) -> str:
+    """The text the new ids add after the prompt (so a word-initial first token keeps its space)."""
+    eos = {tokenizer.eos_token_id}
+    new_ids = [i for i in new_ids if i not in eos]
+    return tokenizer.decode(list(prompt_ids) + new_ids)[len(tokenizer.decode(list(prompt_ids))):]
+
+
+def stream_text(model, tokenizer, prompt, max_new_tokens: int = 32, stop: list[str] | None = None,
+                cache=None, history=None, stats: GenerationOutput | None = None, **sampling):
+    """Yield the new text of one prompt (a string, or ids) piece by piece as it is generated.
+
+    The pieces add up to exactly the text ``generate_text`` returns: spaces come out
+    right (see StreamDecoder), and text that might be the start of a stop string is
+    held back until it is clear. ``stats``, if given, receives the ids and timings.
+    cache, history: continue from a cache that already holds ``history`` ids (chat).
+    """
+    (prompt,) = _check_prompts([prompt])
+    stop = list(stop or [])
+    ids = np.asarray([tokenizer.encode(prompt) if isinstance(prompt, str) else list(prompt)], dtype=np.int64)
+    ids, mask, cache = _prepare_prompt(model, ids, None, max_new_tokens, cache)
+    eos = _stop_ids(model, tokenizer.eos_token_id)
+    out = stats if stats is not None else GenerationOutput(sequences=ids)
+    out.sequences, out.new_tokens = ids, [[]]
+    done = np.zeros(1, dtype=bool)
+    decoder = tokenizer.stream_decoder()
+    decoder.prime(ids[0])
+    text, emitted = "", 0
+    for tokens in _steps(model, ids, mask, max_new_tokens, Sampling(**sampling), eos, min(eos), done, out, cache, history):
+        if int(tokens[0]) in eos:
+            break
+        text += decoder.step(int(tokens[0]))
+        cut, found = _cut_at_stop(text, stop)
+        if found:
+            done[0] = True
+            text = cut
+            break
+        # Hold back a tail that could still grow into a stop string.
+        safe = len(text) - max((k for s in stop for k in range(1, len(s)) if text.endswith(s[:k])), default=0)
+        if safe > emitted:
+            yield text[emitted:safe]
+            emitted = safe
+    if not done[0] or not stop:
+        text += decoder.flush()
+        text = _cut_at_stop(text, stop)[0]
+    if len(text) > emitted:
+        yield text[emitted:]

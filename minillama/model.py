@@ -87,13 +87,15 @@ def _layer_shapes(c: LlamaConfig) -> dict:
     }
 
 
-def load_weights(tensors: dict, config: LlamaConfig, xp, dtype, head: str = "lm_head", source: str = "") -> Weights:
+def load_weights(tensors: dict, config: LlamaConfig, xp, dtype, head: str = "lm_head", source: str = "",
+                 progress=None) -> Weights:
     """Pick the Llama tensors out of a checkpoint's ``name -> StoredTensor`` map.
 
     Checks every name and shape against the config, converts to the compute
     ``dtype`` and moves each tensor to the backend ``xp``. For a float32
     checkpoint computed in float32 on NumPy, the weights stay memory-mapped.
     head: "lm_head", "score" (sequence classification) or None (LlamaModel).
+    progress: called as progress(layers_done, num_layers) while loading, for a progress bar.
     """
     np_dtype = np.dtype(dtype)
     # LlamaModel.save_pretrained writes names without the "model." prefix.
@@ -120,6 +122,8 @@ def load_weights(tensors: dict, config: LlamaConfig, xp, dtype, head: str = "lm_
             wanted = (c.attention_bias if key[0] in "qkvo" else c.mlp_bias) if is_bias else True
             parts[key] = get(f"{prefix}layers.{i}.{name}", shapes[key]) if wanted else None
         layers.append(LayerWeights(**parts))
+        if progress is not None:
+            progress(i + 1, c.num_hidden_layers)
 
     embed = get(f"{prefix}embed_tokens.weight", (c.vocab_size, c.hidden_size))
     weights = Weights(embed_tokens=embed, layers=layers, norm=get(f"{prefix}norm.weight", (c.hidden_size,)))
@@ -264,19 +268,23 @@ class _LlamaBase:
         self.xp = get_namespace(backend)
 
     @classmethod
-    def from_pretrained(cls, path, backend: str = "numpy", dtype: str = "float32"):
+    def from_pretrained(cls, path, backend: str = "numpy", dtype: str = "float32", progress=None):
         """Load a Hugging Face checkpoint folder (``config.json`` + safetensors).
 
         backend: "numpy", "cupy" or "strict"; dtype: the compute dtype, "float32" by default.
+        progress: called as progress(layers_done, num_layers) while the weights load.
         """
         path = os.fspath(path)
+        if dtype == "bfloat16":
+            raise ValueError("bfloat16 compute is not available: NumPy and CuPy have no bfloat16 arithmetic. "
+                             "bfloat16 checkpoints load exactly into float32 (the default) or float16")
         if dtype not in COMPUTE_DTYPES:
             raise ValueError(f"dtype must be one of {COMPUTE_DTYPES}, got {dtype!r}")
         xp = get_namespace(backend)
         get_dtype(xp, dtype)  # fails early if this backend lacks the dtype
         config = LlamaConfig.from_pretrained(path)
         tensors = read_hf_checkpoint(path)
-        weights = load_weights(tensors, config, xp, dtype, head=cls._head, source=path)
+        weights = load_weights(tensors, config, xp, dtype, head=cls._head, source=path, progress=progress)
         return cls(config, weights, backend=backend, dtype=dtype)
 
     def _prepare(self, input_ids, attention_mask, position_ids, past: int = 0):
@@ -428,9 +436,9 @@ _ARCHITECTURES = {
 }
 
 
-def load(path, backend: str = "numpy", dtype: str = "float32"):
+def load(path, backend: str = "numpy", dtype: str = "float32", progress=None):
     """Load a checkpoint folder as the class its ``config.json`` names (LlamaForCausalLM by default)."""
     config = LlamaConfig.from_pretrained(path)
     name = (config.architectures or ["LlamaForCausalLM"])[0]
     cls = _ARCHITECTURES.get(name, LlamaForCausalLM)
-    return cls.from_pretrained(path, backend=backend, dtype=dtype)
+    return cls.from_pretrained(path, backend=backend, dtype=dtype, progress=progress)

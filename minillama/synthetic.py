@@ -18,8 +18,41 @@ from safetensors.numpy import save_file
 
 from .config import LlamaConfig
 
-TINY_CONFIG = dict(vocab_size=256, hidden_size=64, intermediate_size=172, num_hidden_layers=4,
+TINY_CONFIG = dict(vocab_size=512, hidden_size=64, intermediate_size=172, num_hidden_layers=4,
                    num_attention_heads=8, num_key_value_heads=4, max_position_embeddings=256, rms_norm_eps=1e-5)
+
+
+# A little text to train the stand-in tokenizer on, so that a tiny checkpoint is a complete folder.
+TINY_TEXT = """Once upon a time there was a little llama who lived on a hill.
+Every day the llama walked to the river to drink water and look at the clouds.
+The sun was warm and the grass was green. One day the llama met a small bird.
+"Hello," said the bird. "Where are you going?" "To the river," said the llama.
+They became friends, and every morning they walked together and talked about the sky.
+def add(a, b):
+    return a + b
+The numbers 0 1 2 3 4 5 6 7 8 9 and the letters A B C D E F G H I J K L M N O P Q R S T U V W X Y Z.
+"""
+
+
+def write_tiny_tokenizer(path, vocab_size: int = 512) -> int:
+    """Train a small sentencepiece BPE model with Llama's settings (byte fallback, identity
+    normaliser, dummy prefix, <unk>/<s>/</s> = 0/1/2) and write it to ``path``; returns its size.
+
+    A stand-in for the real Llama tokenizer, which cannot be shipped or downloaded here.
+    """
+    import io
+
+    import sentencepiece
+
+    model = io.BytesIO()
+    sentencepiece.SentencePieceTrainer.train(
+        sentence_iterator=iter(TINY_TEXT.splitlines() * 20), model_writer=model, vocab_size=vocab_size,
+        model_type="bpe", byte_fallback=True, character_coverage=1.0, normalization_rule_name="identity",
+        add_dummy_prefix=True, remove_extra_whitespaces=False, split_digits=True, hard_vocab_limit=False,
+        unk_id=0, bos_id=1, eos_id=2, pad_id=-1, minloglevel=2)
+    with open(path, "wb") as f:
+        f.write(model.getvalue())
+    return sentencepiece.SentencePieceProcessor(model_proto=model.getvalue()).get_piece_size()
 
 
 def tensor_shapes(config: LlamaConfig) -> dict[str, tuple]:
@@ -64,18 +97,24 @@ def random_tensor(name: str, shape: tuple, rng: np.random.Generator, dtype) -> n
 
 
 def write_random_checkpoint(folder, config: LlamaConfig | dict | None = None, dtype: str = "float32",
-                            seed: int = 0, max_shard_bytes: int | None = None) -> LlamaConfig:
+                            seed: int = 0, max_shard_bytes: int | None = None, tokenizer: bool = False) -> LlamaConfig:
     """Write a random checkpoint of ``config`` to ``folder``; return the config.
 
     dtype: "float32" or "float16". Tensors are made and written one shard at a
-    time, so memory holds at most one shard.
+    time, so memory holds at most one shard. tokenizer=True also trains and writes a
+    small ``tokenizer.model`` and sizes the vocabulary to it.
     """
     if dtype not in ("float32", "float16"):
         raise ValueError(f"dtype must be 'float32' or 'float16', got {dtype!r}")
-    if config is None or isinstance(config, dict):
-        config = LlamaConfig(**{**TINY_CONFIG, **(config or {})})
     folder = os.fspath(folder)
     os.makedirs(folder, exist_ok=True)
+    if config is None or isinstance(config, dict):
+        config = {**TINY_CONFIG, **(config or {})}
+        if tokenizer:
+            config["vocab_size"] = write_tiny_tokenizer(os.path.join(folder, "tokenizer.model"), config["vocab_size"])
+        config = LlamaConfig(**config)
+    elif tokenizer:
+        raise ValueError("tokenizer=True needs the config as a dict, so the vocabulary can be sized to the tokenizer")
     rng = np.random.default_rng(seed)
     itemsize = np.dtype(dtype).itemsize
 

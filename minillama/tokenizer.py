@@ -422,6 +422,13 @@ class StreamDecoder:
         self.prefix = 0  # the window starts here
         self.read = 0  # ids before this are already emitted
 
+    def prime(self, context_ids, window: int = 8) -> None:
+        """Start after ``context_ids`` (a prompt) without emitting them, so the first new
+        piece is decoded in context: a word-initial piece then keeps its space."""
+        self.ids = [int(i) for i in context_ids]
+        self.read = len(self.ids)
+        self.prefix = max(0, self.read - window)
+
     def step(self, token_id: int) -> str:
         self.ids.append(int(token_id))
         return self._emit(final=False)

@@ -188,9 +188,9 @@ def model(tiny):
     return minillama.load(tiny)
 
 
-@pytest.mark.parametrize("bad", [256, -1, 10**6])
+@pytest.mark.parametrize("bad", [512, -1, 10**6])
 def test_token_id_outside_vocabulary(model, bad):
-    with pytest.raises(ValueError, match=rf"token id {bad}, outside the vocabulary \[0, 256\)"):
+    with pytest.raises(ValueError, match=rf"token id {bad}, outside the vocabulary \[0, 512\)"):
         model(np.array([[1, bad, 2]]))
 
 
@@ -219,11 +219,11 @@ def test_resize_token_embeddings(tiny):
     model = minillama.load(tiny)
     ids = np.array([[1, 2, 3]])
     before = model(ids).logits
-    model.resize_token_embeddings(260)
+    model.resize_token_embeddings(516)
     after = model(np.array([[1, 2, 3]])).logits
-    assert after.shape == (1, 3, 260) and model.config.vocab_size == 260
-    np.testing.assert_array_equal(after[..., :256], before)
-    assert np.all(model.weights.embed_tokens[256:] == 0) and np.all(model.weights.lm_head[256:] == 0)
-    assert model(np.array([[259, 1]])).logits.shape == (1, 2, 260)  # the new ids are valid input
+    assert after.shape == (1, 3, 516) and model.config.vocab_size == 516
+    np.testing.assert_array_equal(after[..., :512], before)
+    assert np.all(model.weights.embed_tokens[512:] == 0) and np.all(model.weights.lm_head[512:] == 0)
+    assert model(np.array([[515, 1]])).logits.shape == (1, 2, 516)  # the new ids are valid input
     with pytest.raises(ValueError, match="new_num_tokens"):
         model.resize_token_embeddings(0)

@@ -50,6 +50,8 @@ def test_generate_rejects_bad_arguments(tiny):
             generate(model, [1, 2, 3], **kwargs)
     with pytest.raises(ValueError, match="prompt is empty"):
         generate(model, np.zeros((1, 0), dtype=np.int64))
+    with pytest.raises(ValueError, match="max_new_tokens"):
+        generate(model, [1, 2], max_new_tokens=0)
 
 
 def test_same_seed_same_tokens_across_backends(tiny):
@@ -106,6 +108,23 @@ def test_greedy_equals_transformers_generate(tmp_path, kv_heads):
         expected = reference.generate(torch.tensor(ids), attention_mask=torch.tensor(mask), do_sample=False,
                                       max_new_tokens=64, min_new_tokens=64, eos_token_id=None, pad_token_id=0).numpy()
     model = minillama.load(tmp_path)
-    out = generate(model, ids, attention_mask=mask, max_new_tokens=64)
+    out = generate(model, ids, attention_mask=mask, max_new_tokens=64, eos_token_id=[])
     np.testing.assert_array_equal(out.sequences, expected)
     assert out.decode_tokens == 3 * 64 and out.prefill_tokens == mask.sum()
+
+
+def test_greedy_stops_at_eos_like_transformers(tmp_path):
+    torch = pytest.importorskip("torch")
+    from conftest import make_hf_checkpoint
+    reference = make_hf_checkpoint(tmp_path, num_key_value_heads=2, max_position_embeddings=128)
+    ids = np.array([[0, 0, 1, 17, 33], [1, 70, 12, 5, 6]])
+    mask = (np.arange(5)[None] >= np.array([[2], [0]])).astype(np.int64)
+    model = minillama.load(tmp_path)
+    free = generate(model, ids, attention_mask=mask, max_new_tokens=20, eos_token_id=[])
+    eos = free.new_tokens[0][6]  # a token row 0 really produces: make it the EOS
+    with torch.no_grad():
+        expected = reference.generate(torch.tensor(ids), attention_mask=torch.tensor(mask), do_sample=False,
+                                      max_new_tokens=20, eos_token_id=eos, pad_token_id=0).numpy()
+    out = generate(model, ids, attention_mask=mask, max_new_tokens=20, eos_token_id=eos, pad_token_id=0)
+    np.testing.assert_array_equal(out.sequences, expected)
+    assert out.new_tokens[0][-1] == eos and len(out.new_tokens[0]) <= 7
