@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .backend import to_backend
-from .sampling import check_sampling_args, choose, process_logits
+from .sampling import check_sampling_args, choose, process_logits, tokens_seen
 
 
 @dataclass
@@ -67,14 +67,17 @@ def _steps(model, ids, mask, max_new_tokens, sampling: Sampling, eos, pad, done,
     out.prefill_tokens += int((mask[:, -ids.shape[1]:]).sum())
     step_start = time.perf_counter()
     out.prefill_seconds += step_start - start
-    seen = np.concatenate([history, ids], axis=1) if history is not None else ids  # for the repetition penalty
+    penalise = sampling.repetition_penalty != 1.0
+    if penalise:  # which ids each row has seen, kept on the host and updated per step
+        seen = tokens_seen(np.concatenate([history, ids], axis=1) if history is not None else ids, logits.shape[-1])
     try:
         for step in range(max_new_tokens):
-            processed = process_logits(logits, to_backend(seen, xp), sampling.temperature, sampling.top_k,
-                                       sampling.top_p, sampling.min_p, sampling.repetition_penalty)
+            processed = process_logits(logits, to_backend(seen, xp) if penalise else None, sampling.temperature,
+                                       sampling.top_k, sampling.top_p, sampling.min_p, sampling.repetition_penalty)
             tokens = np.where(done, pad, choose(processed, rng, greedy=sampling.temperature == 0))
             out.decode_tokens += int((~done).sum())
-            seen = np.concatenate([seen, tokens[:, None]], axis=1)
+            if penalise:
+                seen[np.arange(len(tokens)), tokens] = True
             out.sequences = np.concatenate([out.sequences, tokens[:, None]], axis=1)
             mask = np.concatenate([mask, np.ones((len(tokens), 1), dtype=np.int64)], axis=1)
             for row in np.flatnonzero(~done):

@@ -20,18 +20,22 @@ from .functional import softmax
 NEG_INF = -math.inf
 
 
-def repetition_penalty(logits, previous_ids, penalty: float):
+def tokens_seen(previous_ids: np.ndarray, vocab: int) -> np.ndarray:
+    """Host-side (batch, vocab) bool mask of the ids each row has seen, for :func:`repetition_penalty`.
+
+    previous_ids: (batch, n) NumPy ids of the prompt and the tokens generated so far.
+    """
+    seen = np.zeros((previous_ids.shape[0], vocab), dtype=bool)
+    np.put_along_axis(seen, previous_ids, True, axis=1)
+    return seen
+
+
+def repetition_penalty(logits, seen, penalty: float):
     """Make tokens already seen less likely: positive logits divided by ``penalty``, negative multiplied.
 
-    logits: (batch, vocab); previous_ids: (batch, n) ids of the prompt and the tokens generated so far.
+    logits: (batch, vocab); seen: (batch, vocab) bool, True for ids in the prompt or generated so far.
     """
     xp = namespace_of(logits)
-    batch, vocab = logits.shape
-    seen = xp.zeros((batch, vocab), dtype=xp.bool)
-    for row in range(batch):  # mark each row's seen ids (a scatter, written plainly)
-        ids = previous_ids[row, :]
-        onehot = xp.arange(vocab)[None, :] == ids[:, None]  # (n, vocab)
-        seen[row, :] = xp.any(onehot, axis=0)
     penalised = xp.where(logits < 0, logits * penalty, logits / penalty)
     return xp.where(seen, penalised, logits)
 
@@ -70,11 +74,14 @@ def min_p(logits, p: float):
     return xp.where(probs < floor, NEG_INF, logits)
 
 
-def process_logits(logits, previous_ids=None, temperature_value: float = 1.0, top_k_value: int = 0,
+def process_logits(logits, seen=None, temperature_value: float = 1.0, top_k_value: int = 0,
                    top_p_value: float = 1.0, min_p_value: float = 0.0, repetition: float = 1.0):
-    """All of the above, in transformers' order; a value that changes nothing is skipped."""
-    if repetition != 1.0 and previous_ids is not None:
-        logits = repetition_penalty(logits, previous_ids, repetition)
+    """All of the above, in transformers' order; a value that changes nothing is skipped.
+
+    seen: the (batch, vocab) mask of :func:`tokens_seen`, needed when repetition != 1.
+    """
+    if repetition != 1.0:
+        logits = repetition_penalty(logits, seen, repetition)
     if temperature_value not in (0.0, 1.0):
         logits = temperature(logits, temperature_value)
     if top_k_value > 0:

@@ -72,6 +72,32 @@ def test_sampling_frequencies_match_the_distribution():
     assert chi2 < 16.27  # chi-square, 3 degrees of freedom, p = 0.001
 
 
+def test_sampled_frequencies_after_top_k_and_top_p():
+    # p = (.4, .25, .15, .1, .06, .04): top-k 5 drops the last; top-p 0.75 then keeps .4, .25, .15 (sum .8 >= .75).
+    p = np.array([0.4, 0.25, 0.15, 0.1, 0.06, 0.04])
+    logits = np.log(p)[None, :].astype(np.float32)
+    processed = S.process_logits(logits, top_k_value=5, top_p_value=0.75, temperature_value=1.0)
+    rng = np.random.default_rng(99)
+    n = 30000
+    counts = np.bincount([S.choose(processed, rng, greedy=False)[0] for _ in range(n)], minlength=6)
+    assert counts[3:].sum() == 0
+    expected = n * p[:3] / p[:3].sum()
+    chi2 = float(((counts[:3] - expected) ** 2 / expected).sum())
+    assert chi2 < 13.82  # chi-square, 2 degrees of freedom, p = 0.001
+
+
+def test_repetition_penalty_in_generation_matches_transformers(tmp_path):
+    torch = pytest.importorskip("torch")
+    from conftest import make_hf_checkpoint
+    reference = make_hf_checkpoint(tmp_path, num_key_value_heads=2, max_position_embeddings=128)
+    ids = np.array([[1, 17, 33, 8, 60, 17, 17]])
+    with torch.no_grad():
+        expected = reference.generate(torch.tensor(ids), do_sample=False, max_new_tokens=30, eos_token_id=None,
+                                      pad_token_id=0, repetition_penalty=1.5).numpy()
+    out = generate(minillama.load(tmp_path), ids, max_new_tokens=30, eos_token_id=[], repetition_penalty=1.5)
+    np.testing.assert_array_equal(out.sequences, expected)
+
+
 def test_processors_match_transformers(backend):
     torch = pytest.importorskip("torch")
     lp = pytest.importorskip("transformers.generation.logits_process")
@@ -79,8 +105,9 @@ def test_processors_match_transformers(backend):
     x = (rng.standard_normal((3, 64)) * 3).astype(np.float32)
     ids = rng.integers(0, 64, size=(3, 9))
     xp = get_namespace(backend)
-    X, I, T, TI = xp.asarray(x), xp.asarray(ids), torch.tensor(x), torch.tensor(ids)
-    cases = [(S.repetition_penalty(X, I, 1.3), lp.RepetitionPenaltyLogitsProcessor(1.3)),
+    X, T, TI = xp.asarray(x), torch.tensor(x), torch.tensor(ids)
+    seen = xp.asarray(S.tokens_seen(ids, 64))
+    cases = [(S.repetition_penalty(X, seen, 1.3), lp.RepetitionPenaltyLogitsProcessor(1.3)),
              (S.temperature(X, 0.7), lp.TemperatureLogitsWarper(0.7)),
              (S.top_k(X, 5), lp.TopKLogitsWarper(5)),
              (S.top_p(X, 0.7), lp.TopPLogitsWarper(0.7)),
