@@ -48,15 +48,72 @@ class StoredTensor:
     path: str
     data: np.ndarray  # a memory-mapped view of its bytes, in the stored dtype
 
+    def raw(self) -> np.ndarray:
+        """The stored values as they are on disk (bfloat16 as its uint16 bits)."""
+        return self.data
+
     def numpy(self, dtype=None) -> np.ndarray:
         """The tensor as a NumPy array in ``dtype`` (default: as stored; bfloat16 becomes float32).
 
         No copy is made when the stored dtype is already the one asked for.
         """
-        array = bfloat16_to_float32(self.data) if self.dtype == "BF16" else self.data
-        if dtype is not None and array.dtype != np.dtype(dtype):
-            array = array.astype(dtype)
+        return widen(self.raw(), self.dtype, dtype)
+
+
+def widen(raw: np.ndarray, dtype_name: str, dtype=None) -> np.ndarray:
+    """Stored values -> a NumPy array in ``dtype`` (bfloat16 bits are widened to float32 first)."""
+    array = bfloat16_to_float32(raw) if dtype_name == "BF16" else raw
+    if dtype is not None and array.dtype != np.dtype(dtype):
+        array = array.astype(dtype)
+    return array
+
+
+@dataclass
+class DerivedTensor:
+    """A tensor made on demand from stored parts: shards joined along ``axis``, rows permuted.
+
+    Meta's checkpoints split a tensor over model-parallel shards and keep q/k rows in
+    the interleaved rotary layout; this presents the Hugging Face tensor without
+    reading anything until it is used.
+    """
+
+    name: str
+    dtype: str
+    shape: tuple
+    path: str
+    parts: list  # StoredTensor
+    axis: int | None = None  # None: one part (norms are replicated in every shard: take the first)
+    rotary_heads: int | None = None  # permute rows from interleaved to rotate-half layout, for this many heads
+
+    def raw(self) -> np.ndarray:
+        if self.axis is None or len(self.parts) == 1:
+            array = self.parts[0].raw()
+        else:
+            array = np.concatenate([p.raw() for p in self.parts], axis=self.axis)
+        if self.rotary_heads:
+            array = interleaved_to_rotate_half(array, self.rotary_heads)
         return array
+
+    def numpy(self, dtype=None) -> np.ndarray:
+        return widen(self.raw(), self.dtype, dtype)
+
+
+def interleaved_to_rotate_half(weight: np.ndarray, n_heads: int) -> np.ndarray:
+    """Reorder the rows of a q/k projection from Meta's interleaved rotary pairs to HF's rotate-half.
+
+    Within each head, rows (0, 1), (2, 3), ... are pairs; rotate-half wants pair i at
+    rows i and i + head_dim/2. weight: (n_heads * head_dim, in_features).
+    """
+    rows, cols = weight.shape
+    half = rows // n_heads // 2
+    return weight.reshape(n_heads, half, 2, cols).swapaxes(1, 2).reshape(rows, cols)
+
+
+def rotate_half_to_interleaved(weight: np.ndarray, n_heads: int) -> np.ndarray:
+    """The inverse of :func:`interleaved_to_rotate_half`."""
+    rows, cols = weight.shape
+    half = rows // n_heads // 2
+    return weight.reshape(n_heads, 2, half, cols).swapaxes(1, 2).reshape(rows, cols)
 
 
 def read_safetensors(path: str | os.PathLike) -> dict[str, StoredTensor]:

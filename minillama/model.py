@@ -23,7 +23,8 @@ import numpy as np
 
 from . import functional as F
 from .backend import get_dtype, get_namespace, namespace_of, to_backend
-from .checkpoint import CheckpointError, read_hf_checkpoint
+from .checkpoint import CheckpointError
+from .formats import detect_format, open_checkpoint
 from .cache import KVCache
 from .config import LlamaConfig
 from .rope import apply_rotary, inverse_frequencies, rope_cos_sin
@@ -282,8 +283,7 @@ class _LlamaBase:
             raise ValueError(f"dtype must be one of {COMPUTE_DTYPES}, got {dtype!r}")
         xp = get_namespace(backend)
         get_dtype(xp, dtype)  # fails early if this backend lacks the dtype
-        config = LlamaConfig.from_pretrained(path)
-        tensors = read_hf_checkpoint(path)
+        config, tensors, _ = open_checkpoint(path)
         weights = load_weights(tensors, config, xp, dtype, head=cls._head, source=path, progress=progress)
         return cls(config, weights, backend=backend, dtype=dtype)
 
@@ -437,8 +437,12 @@ _ARCHITECTURES = {
 
 
 def load(path, backend: str = "numpy", dtype: str = "float32", progress=None):
-    """Load a checkpoint folder as the class its ``config.json`` names (LlamaForCausalLM by default)."""
-    config = LlamaConfig.from_pretrained(path)
-    name = (config.architectures or ["LlamaForCausalLM"])[0]
+    """Load a checkpoint as the class its config names (LlamaForCausalLM by default).
+
+    path: a Hugging Face folder, a Meta folder (params.json + consolidated.*.pth) or a llama2.c .bin.
+    """
+    name = "LlamaForCausalLM"
+    if detect_format(path) == "hf":
+        name = (LlamaConfig.from_pretrained(path).architectures or [name])[0]
     cls = _ARCHITECTURES.get(name, LlamaForCausalLM)
     return cls.from_pretrained(path, backend=backend, dtype=dtype, progress=progress)
