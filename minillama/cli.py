@@ -4,6 +4,9 @@
     minillama generate --model DIR --prompt TEXT [sampling options]
     minillama chat --model DIR [--system TEXT]
     minillama logits --model DIR --ids 1 450 4996
+    minillama convert SRC OUT                 Meta folder or llama2.c .bin -> Hugging Face folder
+    minillama inspect PATH                    format, config, dtypes, memory needs
+    minillama make-synthetic OUT              a random checkpoint of Llama-2-7B's shape
 
 Generated text streams to stdout; progress and the speed summary go to stderr.
 Errors are one line on stderr and a non-zero exit status, never a traceback.
@@ -12,6 +15,7 @@ Errors are one line on stderr and a non-zero exit status, never a traceback.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 import time
@@ -60,9 +64,32 @@ def _parser() -> argparse.ArgumentParser:
     tiny = commands.add_parser("make-tiny", help="write a small random checkpoint to try things out",
                                description="Write a small random Llama checkpoint (config.json, safetensors and a "
                                            "stand-in tokenizer.model) with real tensor names and shapes.")
-    tiny.add_argument("out", help="folder to write")
+    tiny.add_argument("out", help="folder to write (new or empty)")
     tiny.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     tiny.add_argument("--dtype", choices=["float32", "float16"], default="float32", help="stored dtype")
+
+    synth = commands.add_parser("make-synthetic", help="write a random checkpoint of a real model's shape",
+                                description="Write a random checkpoint with Llama-2-7B's tensor names and shapes, "
+                                            "for benchmarks and tests of scale (13.5 GB in float16).")
+    synth.add_argument("out", help="folder to write (new or empty)")
+    synth.add_argument("--shape", choices=["llama2-7b"], default="llama2-7b")
+    synth.add_argument("--dtype", choices=["float32", "float16"], default="float16", help="stored dtype (default float16)")
+    synth.add_argument("--shards", type=int, default=2, help="number of safetensors shards (default 2)")
+    synth.add_argument("--seed", type=int, default=0)
+
+    conv = commands.add_parser("convert", help="convert a Meta folder or llama2.c .bin to a Hugging Face folder",
+                               description="Convert Meta's release (params.json + consolidated.*.pth) or a llama2.c "
+                                           ".bin into a Hugging Face folder (config.json, sharded safetensors, "
+                                           "tokenizer), one tensor at a time. Never runs code from the input.")
+    conv.add_argument("src", help="Meta folder, llama2.c .bin, or Hugging Face folder (to re-shard)")
+    conv.add_argument("out", help="folder to write (new or empty)")
+    conv.add_argument("--max-shard-size", type=float, default=5.0, metavar="GB", help="shard size in GB (default 5)")
+
+    insp = commands.add_parser("inspect", help="format, config, size, dtypes and memory needs of a checkpoint",
+                               description="Describe a checkpoint without loading it: format, config, parameter "
+                                           "count, stored dtypes, and the memory a forward needs per backend and dtype.")
+    insp.add_argument("path", help="Hugging Face folder, Meta folder or llama2.c .bin")
+    insp.add_argument("--context", type=int, default=4096, help="positions for the KV cache estimate (default 4096)")
 
     logits = commands.add_parser("logits", help="one forward pass: the most likely next token ids",
                                  description="Run one forward pass over token ids and print the most likely next tokens.")
@@ -173,6 +200,55 @@ def _chat(args) -> None:
         first = False
 
 
+class _TensorProgress:
+    """Progress over tensors written, on stderr."""
+
+    def __init__(self, total: int, label: str):
+        self.total, self.done, self.label = total, 0, label
+
+    def __call__(self, name: str) -> None:
+        self.done += 1
+        filled = int(30 * self.done / self.total)
+        sys.stderr.write(f"\r{self.label} [{'#' * filled}{'.' * (30 - filled)}] {self.done}/{self.total} tensors")
+        if self.done == self.total:
+            sys.stderr.write("\n")
+        sys.stderr.flush()
+
+
+def _make_synthetic(args) -> None:
+    from .config import LlamaConfig
+    from .convert import _nbytes
+    from .synthetic import LLAMA2_7B_CONFIG, RandomTensor, tensor_shapes, write_random_checkpoint
+    if args.shards < 1:
+        raise ValueError("--shards must be at least 1")
+    config = LlamaConfig(**LLAMA2_7B_CONFIG)
+    shapes = tensor_shapes(config)
+    sizes = [_nbytes(RandomTensor(n, s, args.dtype, 0)) for n, s in shapes.items()]
+    total = sum(sizes)
+    start = time.perf_counter()
+    # Each shard but the last fills past total/shards by less than one tensor: exactly --shards files.
+    write_random_checkpoint(args.out, config, dtype=args.dtype, seed=args.seed,
+                            max_shard_bytes=math.ceil(total / args.shards) + max(sizes),
+                            progress=_TensorProgress(len(shapes), "writing"))
+    print(f"wrote a random {args.shape} ({total / 2**30:.1f} GiB, {args.dtype}) to {args.out} "
+          f"in {time.perf_counter() - start:.0f} s")
+
+
+def _convert(args) -> None:
+    from .convert import convert
+    from .formats import open_checkpoint
+    if args.max_shard_size <= 0:
+        raise ValueError("--max-shard-size must be positive")
+    _, tensors, fmt = open_checkpoint(args.src)
+    files = convert(args.src, args.out, int(args.max_shard_size * 1e9), _TensorProgress(len(tensors), "converting"))
+    print(f"wrote {args.out}: {len(files)} safetensors file(s), {len(tensors)} tensors, from a {fmt} checkpoint")
+
+
+def _inspect(args) -> None:
+    from .report import describe
+    print(describe(args.path, args.context))
+
+
 def _make_tiny(args) -> None:
     from .synthetic import write_random_checkpoint
     config = write_random_checkpoint(args.out, seed=args.seed, dtype=args.dtype, tokenizer=True)
@@ -199,7 +275,8 @@ def _logits(args) -> None:
 
 def main(argv=None) -> int:
     args = _parser().parse_args(argv)
-    commands = {"generate": _generate, "chat": _chat, "make-tiny": _make_tiny, "logits": _logits}
+    commands = {"generate": _generate, "chat": _chat, "make-tiny": _make_tiny, "logits": _logits,
+                "make-synthetic": _make_synthetic, "convert": _convert, "inspect": _inspect}
     try:
         commands[args.command](args)
     except (ValueError, OSError, ImportError) as error:

@@ -106,6 +106,7 @@ def write_hf_folder(config, tensors: dict, out: str, max_shard_bytes: int = 5 * 
             with open(os.path.join(work, "tokenizer_config.json"), "w", encoding="utf-8") as f:
                 json.dump({"tokenizer_class": "LlamaTokenizer", "bos_token": "<s>", "eos_token": "</s>",
                            "unk_token": "<unk>", "add_bos_token": True, "add_eos_token": False}, f, indent=2)
+        os.chmod(work, 0o755)  # mkdtemp made it private
         if os.path.exists(out):
             os.rmdir(out)
         os.rename(work, out)

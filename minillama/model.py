@@ -22,8 +22,8 @@ from dataclasses import dataclass, field, fields
 import numpy as np
 
 from . import functional as F
-from .backend import get_dtype, get_namespace, namespace_of, to_backend
-from .checkpoint import CheckpointError
+from .backend import get_dtype, get_namespace, namespace_of, to_backend, to_numpy
+from .checkpoint import CheckpointError, widen
 from .formats import detect_format, open_checkpoint
 from .cache import KVCache
 from .config import LlamaConfig
@@ -58,11 +58,42 @@ class LayerWeights:
 
 @dataclass
 class Weights:
+    """All weights of a model.
+
+    Eager (the default): every array is on the backend in the compute dtype.
+    Lazy (``lazy_dtype`` set): the embedding, the LM head and the layers stay as
+    memory-mapped tensors in their stored dtype (float16 for a 7B checkpoint: 13.5 GB
+    instead of 27 GB in float32), and each layer is read and upcast just before it
+    runs, then dropped. A forward pass then costs one read of the file, and memory
+    holds about one layer in the compute dtype.
+    """
+
     embed_tokens: object  # (vocab, hidden)
     layers: list = field(default_factory=list)  # of LayerWeights
     norm: object = None  # (hidden,)
     lm_head: object = None  # (vocab, hidden); the embedding table itself when tied; None for LlamaModel
     score: object = None  # (num_labels, hidden) for sequence classification
+    lazy_dtype: object = None  # NumPy compute dtype when lazy, else None
+    xp: object = None  # the backend, for lazy conversion
+
+    def ready(self, array):
+        """A weight as a backend array in the compute dtype (lazy ones are read and upcast now)."""
+        if self.lazy_dtype is None or array is None:
+            return array
+        return to_backend(array.numpy(self.lazy_dtype), self.xp)
+
+    def layer(self, i: int) -> LayerWeights:
+        layer = self.layers[i]
+        if self.lazy_dtype is None:
+            return layer
+        return LayerWeights(**{f.name: self.ready(getattr(layer, f.name)) for f in fields(layer)})
+
+    def embed(self, token_ids):
+        """Embedding rows for token_ids (batch, seq); lazily, only the rows used are read."""
+        if self.lazy_dtype is None:
+            return F.embedding(token_ids, self.embed_tokens)
+        rows = self.embed_tokens.raw()[to_numpy(token_ids)]  # (batch, seq, hidden), stored dtype, on the host
+        return to_backend(widen(rows, self.embed_tokens.dtype, self.lazy_dtype), self.xp)
 
 
 # Hugging Face tensor names, relative to "model.layers.{i}."
@@ -89,7 +120,7 @@ def _layer_shapes(c: LlamaConfig) -> dict:
 
 
 def load_weights(tensors: dict, config: LlamaConfig, xp, dtype, head: str = "lm_head", source: str = "",
-                 progress=None) -> Weights:
+                 progress=None, lazy: bool = False) -> Weights:
     """Pick the Llama tensors out of a checkpoint's ``name -> StoredTensor`` map.
 
     Checks every name and shape against the config, converts to the compute
@@ -97,12 +128,13 @@ def load_weights(tensors: dict, config: LlamaConfig, xp, dtype, head: str = "lm_
     checkpoint computed in float32 on NumPy, the weights stay memory-mapped.
     head: "lm_head", "score" (sequence classification) or None (LlamaModel).
     progress: called as progress(layers_done, num_layers) while loading, for a progress bar.
+    lazy: keep the large tensors memory-mapped in their stored dtype (see :class:`Weights`).
     """
     np_dtype = np.dtype(dtype)
     # LlamaModel.save_pretrained writes names without the "model." prefix.
     prefix = "model." if any(name.startswith("model.") for name in tensors) else ""
 
-    def get(name, shape, required=True):
+    def get(name, shape, required=True, small=False):
         stored = tensors.get(name)
         if stored is None:
             if required:
@@ -111,6 +143,8 @@ def load_weights(tensors: dict, config: LlamaConfig, xp, dtype, head: str = "lm_
         if tuple(stored.shape) != tuple(shape):
             raise CheckpointError(f"{source}: tensor {name!r} has shape {tuple(stored.shape)}, "
                                   f"but the config needs {tuple(shape)} ({stored.path})")
+        if lazy and not small:
+            return stored
         return to_backend(stored.numpy(np_dtype), xp)
 
     c = config
@@ -127,12 +161,13 @@ def load_weights(tensors: dict, config: LlamaConfig, xp, dtype, head: str = "lm_
             progress(i + 1, c.num_hidden_layers)
 
     embed = get(f"{prefix}embed_tokens.weight", (c.vocab_size, c.hidden_size))
-    weights = Weights(embed_tokens=embed, layers=layers, norm=get(f"{prefix}norm.weight", (c.hidden_size,)))
+    weights = Weights(embed_tokens=embed, layers=layers, norm=get(f"{prefix}norm.weight", (c.hidden_size,), small=True),
+                      lazy_dtype=np_dtype if lazy else None, xp=xp)
     if head == "lm_head":
         untied = get("lm_head.weight", (c.vocab_size, c.hidden_size), required=not c.tie_word_embeddings)
         weights.lm_head = embed if c.tie_word_embeddings else untied
     elif head == "score":
-        weights.score = get("score.weight", (c.num_labels, c.hidden_size))
+        weights.score = get("score.weight", (c.num_labels, c.hidden_size), small=True)
     return weights
 
 
@@ -204,7 +239,7 @@ def llama_forward(weights: Weights, config: LlamaConfig, input_ids, attention_ma
     where hidden_states holds the embeddings, each layer's output, and the final normed output
     in place of the last layer's, as transformers does.
     """
-    xp = namespace_of(weights.embed_tokens)
+    xp = namespace_of(input_ids)
     batch, seq = input_ids.shape
     past = cache.length if cache is not None else 0
     if position_ids is None:
@@ -212,7 +247,7 @@ def llama_forward(weights: Weights, config: LlamaConfig, input_ids, attention_ma
             position_ids = positions_from_mask(attention_mask)[:, past:]
         else:
             position_ids = xp.broadcast_to(xp.arange(past, past + seq)[None, :], (batch, seq))
-    x = F.embedding(input_ids, weights.embed_tokens)  # (batch, seq, hidden)
+    x = weights.embed(input_ids)  # (batch, seq, hidden)
     # Only dynamic RoPE depends on the longest position; reading it is a device-to-host sync on a GPU.
     dynamic = config.rope_scaling is not None and config.rope_scaling["rope_type"] == "dynamic"
     seq_len = int(xp.max(position_ids)) + 1 if dynamic else None
@@ -221,8 +256,8 @@ def llama_forward(weights: Weights, config: LlamaConfig, input_ids, attention_ma
     mask = F.attention_mask(seq, past + seq, xp, attention_mask)  # (batch, 1, seq, past + seq)
 
     hidden_states, attentions = [x] if output_hidden_states else None, [] if output_attentions else None
-    for i, layer in enumerate(weights.layers):
-        x, probs = decoder_layer(x, layer, config, cos, sin, mask, cache, i)
+    for i in range(len(weights.layers)):
+        x, probs = decoder_layer(x, weights.layer(i), config, cos, sin, mask, cache, i)
         if output_hidden_states:
             hidden_states.append(x)
         if output_attentions:
@@ -269,11 +304,15 @@ class _LlamaBase:
         self.xp = get_namespace(backend)
 
     @classmethod
-    def from_pretrained(cls, path, backend: str = "numpy", dtype: str = "float32", progress=None):
-        """Load a Hugging Face checkpoint folder (``config.json`` + safetensors).
+    def from_pretrained(cls, path, backend: str = "numpy", dtype: str = "float32", progress=None,
+                        lazy: bool | None = None):
+        """Load a checkpoint: a Hugging Face folder, a Meta folder or a llama2.c .bin.
 
         backend: "numpy", "cupy" or "strict"; dtype: the compute dtype, "float32" by default.
         progress: called as progress(layers_done, num_layers) while the weights load.
+        lazy: keep weights memory-mapped in their stored dtype and upcast each layer when it
+        runs (see Weights). None decides: lazy when upcasting would change the dtype and the
+        upcast model would take more than 40% of this machine's memory.
         """
         path = os.fspath(path)
         if dtype == "bfloat16":
@@ -284,7 +323,9 @@ class _LlamaBase:
         xp = get_namespace(backend)
         get_dtype(xp, dtype)  # fails early if this backend lacks the dtype
         config, tensors, _ = open_checkpoint(path)
-        weights = load_weights(tensors, config, xp, dtype, head=cls._head, source=path, progress=progress)
+        if lazy is None:
+            lazy = _should_be_lazy(tensors, dtype)
+        weights = load_weights(tensors, config, xp, dtype, head=cls._head, source=path, progress=progress, lazy=lazy)
         return cls(config, weights, backend=backend, dtype=dtype)
 
     def _prepare(self, input_ids, attention_mask, position_ids, past: int = 0):
@@ -352,6 +393,8 @@ class _LlamaBase:
         """
         if not isinstance(new_num_tokens, int) or new_num_tokens < 1:
             raise ValueError(f"new_num_tokens must be a positive integer, got {new_num_tokens!r}")
+        if self.weights.lazy_dtype is not None:
+            raise ValueError("resize_token_embeddings needs the weights in memory: load with lazy=False")
         xp, w, old = self.xp, self.weights, self.config.vocab_size
 
         def resized(table):  # (old, hidden) -> (new_num_tokens, hidden)
@@ -401,7 +444,8 @@ class LlamaForCausalLM(_LlamaBase):
         attention_mask covers the cached positions and the new ones."""
         _, x, hidden, attns = self._run(input_ids, attention_mask, position_ids, output_hidden_states,
                                         output_attentions, cache)
-        logits = F.linear_sliced(x, self.weights.lm_head, slices=self.config.pretraining_tp)  # (batch, seq, vocab)
+        lm_head = self.weights.ready(self.weights.lm_head)
+        logits = F.linear_sliced(x, lm_head, slices=self.config.pretraining_tp)  # (batch, seq, vocab)
         return LlamaOutput(logits=logits, last_hidden_state=x, hidden_states=hidden, attentions=attns)
 
 
@@ -436,7 +480,19 @@ _ARCHITECTURES = {
 }
 
 
-def load(path, backend: str = "numpy", dtype: str = "float32", progress=None):
+def _should_be_lazy(tensors: dict, dtype: str) -> bool:
+    stored = {t.dtype for t in tensors.values()}
+    if stored <= {"F32"} and dtype == "float32":
+        return False  # memory-mapped as it is: nothing would be copied anyway
+    upcast = sum(int(np.prod(t.shape)) for t in tensors.values()) * np.dtype(dtype).itemsize
+    try:
+        memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return False
+    return upcast > 0.4 * memory
+
+
+def load(path, backend: str = "numpy", dtype: str = "float32", progress=None, lazy: bool | None = None):
     """Load a checkpoint as the class its config names (LlamaForCausalLM by default).
 
     path: a Hugging Face folder, a Meta folder (params.json + consolidated.*.pth) or a llama2.c .bin.
@@ -445,4 +501,4 @@ def load(path, backend: str = "numpy", dtype: str = "float32", progress=None):
     if detect_format(path) == "hf":
         name = (LlamaConfig.from_pretrained(path).architectures or [name])[0]
     cls = _ARCHITECTURES.get(name, LlamaForCausalLM)
-    return cls.from_pretrained(path, backend=backend, dtype=dtype, progress=progress)
+    return cls.from_pretrained(path, backend=backend, dtype=dtype, progress=progress, lazy=lazy)

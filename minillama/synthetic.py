@@ -9,14 +9,17 @@ dtypes are those of a real checkpoint of the same config.
 
 from __future__ import annotations
 
-import json
 import math
 import os
+import tempfile
 
 import numpy as np
-from safetensors.numpy import save_file
 
 from .config import LlamaConfig
+
+# Llama-2-7B's shape (the real config.json's values), for tests and benchmarks of scale.
+LLAMA2_7B_CONFIG = dict(vocab_size=32000, hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,
+                        num_attention_heads=32, num_key_value_heads=32, max_position_embeddings=4096, rms_norm_eps=1e-5)
 
 TINY_CONFIG = dict(vocab_size=512, hidden_size=64, intermediate_size=172, num_hidden_layers=4,
                    num_attention_heads=8, num_key_value_heads=4, max_position_embeddings=256, rms_norm_eps=1e-5)
@@ -86,60 +89,59 @@ def tensor_shapes(config: LlamaConfig) -> dict[str, tuple]:
 
 
 def random_tensor(name: str, shape: tuple, rng: np.random.Generator, dtype) -> np.ndarray:
-    """Norm gains near 1, biases small, matrices scaled by 1/sqrt(fan_in) so activations stay O(1)."""
+    """Norm gains near 1, biases small, matrices of variance 1/fan_in so activations stay O(1).
+
+    Matrices are uniform on [-a, a] with a = sqrt(3 / fan_in) (variance 1/fan_in): uniform
+    numbers are several times cheaper to draw than normal ones, which matters at 7B scale.
+    """
     if name.endswith("norm.weight"):
         values = 1.0 + 0.1 * rng.standard_normal(shape, dtype=np.float32)
     elif len(shape) == 1:
         values = 0.02 * rng.standard_normal(shape, dtype=np.float32)
     else:
-        values = rng.standard_normal(shape, dtype=np.float32) / math.sqrt(shape[-1])
-    return values.astype(dtype)
+        values = rng.random(shape, dtype=np.float32)
+        values *= 2 * math.sqrt(3.0 / shape[-1])
+        values -= math.sqrt(3.0 / shape[-1])
+    return values.astype(dtype, copy=False)
+
+
+class RandomTensor:
+    """A tensor of random values made when it is read (seeded per tensor), so a 7B checkpoint
+    can be written while memory holds one tensor."""
+
+    def __init__(self, name: str, shape: tuple, dtype: str, seed: int):
+        self.name, self.shape, self.seed = name, tuple(shape), seed
+        self.np_dtype = np.dtype(dtype)
+        self.dtype = {"float32": "F32", "float16": "F16"}[dtype]
+
+    def raw(self) -> np.ndarray:
+        return random_tensor(self.name, self.shape, np.random.default_rng(self.seed), self.np_dtype)
 
 
 def write_random_checkpoint(folder, config: LlamaConfig | dict | None = None, dtype: str = "float32",
-                            seed: int = 0, max_shard_bytes: int | None = None, tokenizer: bool = False) -> LlamaConfig:
-    """Write a random checkpoint of ``config`` to ``folder``; return the config.
+                            seed: int = 0, max_shard_bytes: int | None = None, tokenizer: bool = False,
+                            progress=None) -> LlamaConfig:
+    """Write a random checkpoint of ``config`` (a dict of overrides of the tiny config, or a
+    LlamaConfig) to ``folder``, which must be new or empty; return the config.
 
-    dtype: "float32" or "float16". Tensors are made and written one shard at a
-    time, so memory holds at most one shard. tokenizer=True also trains and writes a
-    small ``tokenizer.model`` and sizes the vocabulary to it.
+    dtype: "float32" or "float16". Tensors are made one at a time and streamed to the
+    safetensors shards (with an index when there is more than one). tokenizer=True also
+    trains a small stand-in ``tokenizer.model`` and sizes the vocabulary to it.
     """
+    from .convert import write_hf_folder
     if dtype not in ("float32", "float16"):
         raise ValueError(f"dtype must be 'float32' or 'float16', got {dtype!r}")
     folder = os.fspath(folder)
-    os.makedirs(folder, exist_ok=True)
-    if config is None or isinstance(config, dict):
-        config = {**TINY_CONFIG, **(config or {})}
-        if tokenizer:
-            config["vocab_size"] = write_tiny_tokenizer(os.path.join(folder, "tokenizer.model"), config["vocab_size"])
-        config = LlamaConfig(**config)
-    elif tokenizer:
-        raise ValueError("tokenizer=True needs the config as a dict, so the vocabulary can be sized to the tokenizer")
-    rng = np.random.default_rng(seed)
-    itemsize = np.dtype(dtype).itemsize
-
-    shards, current, size = [], [], 0
-    for name, shape in tensor_shapes(config).items():
-        nbytes = math.prod(shape) * itemsize
-        if max_shard_bytes and current and size + nbytes > max_shard_bytes:
-            shards.append(current)
-            current, size = [], 0
-        current.append((name, shape))
-        size += nbytes
-    shards.append(current)
-
-    weight_map = {}
-    for number, shard in enumerate(shards, start=1):
-        file_name = "model.safetensors" if len(shards) == 1 else f"model-{number:05d}-of-{len(shards):05d}.safetensors"
-        tensors = {name: random_tensor(name, shape, rng, dtype) for name, shape in shard}
-        save_file(tensors, os.path.join(folder, file_name), metadata={"format": "pt"})
-        weight_map.update({name: file_name for name, _ in shard})
-    if len(shards) > 1:
-        total = sum(math.prod(s) * itemsize for s in tensor_shapes(config).values())
-        with open(os.path.join(folder, "model.safetensors.index.json"), "w", encoding="utf-8") as f:
-            json.dump({"metadata": {"total_size": total}, "weight_map": weight_map}, f, indent=2)
-
-    config_dict = {**config.to_dict(), "architectures": ["LlamaForCausalLM"], "torch_dtype": dtype}
-    with open(os.path.join(folder, "config.json"), "w", encoding="utf-8") as f:
-        json.dump(config_dict, f, indent=2)
+    with tempfile.TemporaryDirectory() as scratch:
+        tokenizer_path = os.path.join(scratch, "tokenizer.model") if tokenizer else None
+        if config is None or isinstance(config, dict):
+            config = {**TINY_CONFIG, **(config or {})}
+            if tokenizer:
+                config["vocab_size"] = write_tiny_tokenizer(tokenizer_path, config["vocab_size"])
+            config = LlamaConfig(**config)
+        elif tokenizer:
+            raise ValueError("tokenizer=True needs the config as a dict, so the vocabulary can be sized to the tokenizer")
+        tensors = {name: RandomTensor(name, shape, dtype, seed * 1_000_003 + i)
+                   for i, (name, shape) in enumerate(tensor_shapes(config).items())}
+        write_hf_folder(config, tensors, folder, max_shard_bytes or 2**62, tokenizer_path, progress)
     return config

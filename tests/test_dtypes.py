@@ -64,3 +64,16 @@ def test_float32_checkpoint_is_memory_mapped_not_copied(tiny):
     while getattr(array, "base", None) is not None and not isinstance(array, np.memmap):
         array = array.base
     assert isinstance(array, np.memmap), "float32 weights should be views of the file, not copies"
+
+
+@pytest.mark.parametrize("stored", ["float16", "float32"])
+def test_lazy_weights_give_the_same_logits(tmp_path, backend, stored):
+    write_random_checkpoint(tmp_path, dtype=stored, seed=4)
+    ids = np.array([[1, 2, 3, 4, 5, 6], [0, 0, 7, 8, 9, 10]])
+    mask = (ids != 0).astype(np.int64)
+    eager = minillama.load(tmp_path, backend=backend, lazy=False)
+    lazy = minillama.load(tmp_path, backend=backend, lazy=True)
+    assert lazy.weights.lazy_dtype is not None and not hasattr(lazy.weights.layers[0].q_proj, "__array_namespace__")
+    a, b = eager(ids, attention_mask=mask).logits, lazy(ids, attention_mask=mask).logits
+    assert b.dtype == eager.xp.float32
+    np.testing.assert_array_equal(minillama.to_numpy(a), minillama.to_numpy(b))

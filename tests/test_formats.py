@@ -288,3 +288,49 @@ def test_llama2c_tokenizer_bin_matches_sentencepiece(tmp_path):
     bpe = read_llama2c_tokenizer(path, sp.get_piece_size())
     for s in corpus()[:400]:
         assert bpe.encode(s) == sp.encode(s), repr(s)
+
+
+# ---- the convert and inspect commands ---------------------------------------------------------
+
+def cli(*args):
+    import subprocess
+    import sys
+    return subprocess.run([sys.executable, "-m", "minillama", *args], capture_output=True, text=True, timeout=300)
+
+
+@needs_stories
+def test_cli_convert_and_inspect(tmp_path):
+    run = cli("convert", STORIES, str(tmp_path / "hf"))
+    assert run.returncode == 0, run.stderr
+    assert "47 tensors, from a llama2c checkpoint" in run.stdout and "47/47 tensors" in run.stderr
+    np.testing.assert_array_equal(minillama.load(tmp_path / "hf")(np.array([TOKENS])).logits,
+                                  minillama.load(STORIES)(np.array([TOKENS])).logits)
+    for path in (STORIES, str(tmp_path / "hf")):
+        info = cli("inspect", path)
+        assert info.returncode == 0, info.stderr
+        assert "parameters:  260,032" in info.stdout and "heads 8 (kv 4, head_dim 8)" in info.stdout
+        assert "numpy    float32" in info.stdout
+    again = cli("convert", STORIES, str(tmp_path / "hf"))
+    assert again.returncode == 1 and "not empty" in again.stderr and "Traceback" not in again.stderr
+
+
+def test_cli_refuses_a_malicious_pth(tmp_path):
+    marker = tmp_path / "pwned"
+    folder = tmp_path / "meta"
+    folder.mkdir()
+    (folder / "params.json").write_text(json.dumps({"dim": 64, "n_layers": 1, "n_heads": 4}))
+    with zipfile.ZipFile(folder / "consolidated.00.pth", "w") as z:
+        z.writestr("archive/data.pkl", pickle.dumps({"x": Exploit(marker)}, protocol=2))
+    for args in (["inspect", str(folder)], ["convert", str(folder), str(tmp_path / "out")]):
+        run = cli(*args)
+        assert run.returncode == 1 and "refusing to load" in run.stderr and "Traceback" not in run.stderr
+    assert not marker.exists() and not (tmp_path / "out").exists()
+
+
+def test_synthetic_checkpoint_has_real_names_and_shards(tmp_path):
+    from minillama.synthetic import write_random_checkpoint, tensor_shapes
+    config = write_random_checkpoint(tmp_path / "s", dict(num_hidden_layers=3), dtype="float16", max_shard_bytes=150_000)
+    tensors = read_hf_checkpoint(tmp_path / "s")
+    assert set(tensors) == set(tensor_shapes(config)) and {t.dtype for t in tensors.values()} == {"F16"}
+    assert len(list((tmp_path / "s").glob("model-*.safetensors"))) > 1
+    assert oct(os.stat(tmp_path / "s").st_mode & 0o777) == "0o755"
