@@ -32,10 +32,10 @@ def rms_norm(x, weight, eps: float):
     float32 and cast back before the gain, as the reference does.
     """
     xp = namespace_of(x)
-    x_wide = xp.astype(x, xp.float32) if x.dtype != xp.float64 else x
+    x_wide = xp.astype(x, xp.float32, copy=False) if x.dtype != xp.float64 else x
     mean_square = xp.mean(x_wide * x_wide, axis=-1, keepdims=True)  # (..., 1)
     normed = x_wide / xp.sqrt(mean_square + eps)
-    return weight * xp.astype(normed, x.dtype)
+    return weight * xp.astype(normed, x.dtype, copy=False)
 
 
 def linear(x, weight, bias=None):
@@ -128,14 +128,15 @@ def attention(q, k, v, mask):
     k = k[:, :, None, :, :]  # (batch, kv_heads, 1, k_len, head_dim)
     v = v[:, :, None, :, :]
 
-    scores = (q @ xp.matrix_transpose(k)) * head_dim ** -0.5  # (batch, kv_heads, group, q_len, k_len)
+    q = q * head_dim ** -0.5  # scaling q rather than the scores touches q_len * head_dim numbers, not q_len * k_len
+    scores = q @ xp.matrix_transpose(k)  # (batch, kv_heads, group, q_len, k_len)
     scores = xp.reshape(scores, (batch, heads, q_len, k_len))
     wide = xp.float64 if q.dtype == xp.float64 else xp.float32
-    scores = xp.astype(scores, wide)
+    scores = xp.astype(scores, wide, copy=False)
     # A masked score becomes the most negative number rather than -inf, so a row
     # with nothing to attend to (a padding query) gives a uniform row, not NaN.
     scores = xp.where(mask, scores, float(xp.finfo(wide).min))
-    probs = xp.astype(softmax(scores, axis=-1), q.dtype)  # (batch, heads, q_len, k_len)
+    probs = xp.astype(softmax(scores, axis=-1), q.dtype, copy=False)  # (batch, heads, q_len, k_len)
 
     grouped = xp.reshape(probs, (batch, kv_heads, group, q_len, k_len))
     out = grouped @ v  # (batch, kv_heads, group, q_len, head_dim)

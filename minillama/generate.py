@@ -63,7 +63,7 @@ def _steps(model, ids, mask, max_new_tokens, sampling: Sampling, eos, pad, done,
     xp = model.xp
     rng = np.random.default_rng(sampling.seed)
     start = time.perf_counter()
-    logits = model(ids, attention_mask=mask, cache=cache).logits[:, -1, :]  # (batch, vocab)
+    logits = model(ids, attention_mask=mask, cache=cache, logits_to_keep=1).logits[:, -1, :]  # (batch, vocab)
     out.prefill_tokens += int((mask[:, -ids.shape[1]:]).sum())
     step_start = time.perf_counter()
     out.prefill_seconds += step_start - start
@@ -86,7 +86,7 @@ def _steps(model, ids, mask, max_new_tokens, sampling: Sampling, eos, pad, done,
             yield tokens
             if done.all() or step == max_new_tokens - 1:
                 break
-            logits = model(tokens[:, None], attention_mask=mask, cache=cache).logits[:, -1, :]
+            logits = model(tokens[:, None], attention_mask=mask, cache=cache, logits_to_keep=1).logits[:, -1, :]
     finally:
         out.decode_seconds += time.perf_counter() - step_start
 

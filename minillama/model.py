@@ -22,7 +22,7 @@ from dataclasses import dataclass, field, fields
 import numpy as np
 
 from . import functional as F
-from .backend import get_dtype, get_namespace, namespace_of, to_backend, to_numpy
+from .backend import get_dtype, get_namespace, namespace_of, to_backend, to_numpy, tune_malloc
 from .checkpoint import CheckpointError, widen
 from .formats import detect_format, open_checkpoint
 from .cache import KVCache
@@ -173,7 +173,33 @@ def load_weights(tensors: dict, config: LlamaConfig, xp, dtype, head: str = "lm_
 
 # ---- the forward pass -------------------------------------------------------------------------
 
-def self_attention(x, w: LayerWeights, config: LlamaConfig, cos, sin, mask, cache=None, layer: int = 0):
+# Long prompts attend in blocks of this many queries (see causal_attention_in_blocks).
+QUERY_BLOCK = 128
+
+
+def causal_attention_in_blocks(q, k, v, mask):
+    """The same result as F.attention, computed block of queries by block of queries.
+
+    A speed arrangement, not a new idea: with a causal mask, queries early in a long prompt
+    see only early keys, so each block is given only the keys up to its last query. For a
+    512-token prompt that is 62% of the scores of the full square, and a quarter of the
+    memory. q: (batch, heads, q_len, head_dim); k, v: (batch, kv_heads, k_len, head_dim).
+    """
+    xp = namespace_of(q)
+    q_len, k_len = q.shape[2], k.shape[2]
+    past = k_len - q_len  # keys already cached before these queries
+    outs = []
+    for start in range(0, q_len, QUERY_BLOCK):
+        end = min(start + QUERY_BLOCK, q_len)
+        visible = past + end  # keys up to this block's last query
+        block_mask = mask[:, :, start:end, :visible]
+        out, _ = F.attention(q[:, :, start:end, :], k[:, :, :visible, :], v[:, :, :visible, :], block_mask)
+        outs.append(out)
+    return xp.concat(outs, axis=2)  # (batch, heads, q_len, head_dim)
+
+
+def self_attention(x, w: LayerWeights, config: LlamaConfig, cos, sin, mask, cache=None, layer: int = 0,
+                   want_probs: bool = True):
     """The attention block of one layer, without the norm and residual.
 
     x: (batch, seq, hidden) -> ((batch, seq, hidden), probabilities (batch, heads, seq, k_len)).
@@ -193,7 +219,10 @@ def self_attention(x, w: LayerWeights, config: LlamaConfig, cos, sin, mask, cach
     q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
     if cache is not None:
         k, v = cache.update(layer, k, v)  # (batch, kv_heads, cached + seq, head_dim)
-    out, probs = F.attention(q, k, v, mask)  # (batch, heads, seq, head_dim)
+    if seq > QUERY_BLOCK and not want_probs:
+        out, probs = causal_attention_in_blocks(q, k, v, mask), None
+    else:
+        out, probs = F.attention(q, k, v, mask)  # (batch, heads, seq, head_dim)
     out = xp.reshape(xp.permute_dims(out, (0, 2, 1, 3)), (batch, seq, heads * head_dim))
     return F.linear_sliced(out, w.o_proj, w.o_bias, tp, split="in"), probs
 
@@ -208,10 +237,11 @@ def mlp(x, w: LayerWeights, config: LlamaConfig):
     return F.linear_sliced(gate * up, w.down_proj, w.down_bias, tp, split="in")
 
 
-def decoder_layer(x, w: LayerWeights, config: LlamaConfig, cos, sin, mask, cache=None, layer: int = 0):
+def decoder_layer(x, w: LayerWeights, config: LlamaConfig, cos, sin, mask, cache=None, layer: int = 0,
+                  want_probs: bool = True):
     """One pre-norm block: attention then MLP, each added to the residual stream."""
     attn_out, probs = self_attention(F.rms_norm(x, w.attn_norm, config.rms_norm_eps), w, config, cos, sin, mask,
-                                     cache, layer)
+                                     cache, layer, want_probs)
     h = x + attn_out
     return h + mlp(F.rms_norm(h, w.mlp_norm, config.rms_norm_eps), w, config), probs
 
@@ -257,7 +287,7 @@ def llama_forward(weights: Weights, config: LlamaConfig, input_ids, attention_ma
 
     hidden_states, attentions = [x] if output_hidden_states else None, [] if output_attentions else None
     for i in range(len(weights.layers)):
-        x, probs = decoder_layer(x, weights.layer(i), config, cos, sin, mask, cache, i)
+        x, probs = decoder_layer(x, weights.layer(i), config, cos, sin, mask, cache, i, output_attentions)
         if output_hidden_states:
             hidden_states.append(x)
         if output_attentions:
@@ -302,6 +332,8 @@ class _LlamaBase:
         self.backend = backend
         self.dtype = dtype
         self.xp = get_namespace(backend)
+        if backend != "cupy":
+            tune_malloc()  # CPU arrays: keep freed temporaries for reuse (see backend.tune_malloc)
 
     @classmethod
     def from_pretrained(cls, path, backend: str = "numpy", dtype: str = "float32", progress=None,
@@ -439,13 +471,16 @@ class LlamaForCausalLM(_LlamaBase):
     _head = "lm_head"
 
     def forward(self, input_ids, attention_mask=None, position_ids=None,
-                output_hidden_states: bool = False, output_attentions: bool = False, cache=None) -> LlamaOutput:
+                output_hidden_states: bool = False, output_attentions: bool = False, cache=None,
+                logits_to_keep: int = 0) -> LlamaOutput:
         """cache: a KVCache from ``new_cache``; input_ids are then the new tokens only and
-        attention_mask covers the cached positions and the new ones."""
+        attention_mask covers the cached positions and the new ones.
+        logits_to_keep: compute logits for only the last N positions (0: all), as generation needs."""
         _, x, hidden, attns = self._run(input_ids, attention_mask, position_ids, output_hidden_states,
                                         output_attentions, cache)
         lm_head = self.weights.ready(self.weights.lm_head)
-        logits = F.linear_sliced(x, lm_head, slices=self.config.pretraining_tp)  # (batch, seq, vocab)
+        last = x[:, -logits_to_keep:, :] if logits_to_keep else x
+        logits = F.linear_sliced(last, lm_head, slices=self.config.pretraining_tp)  # (batch, seq or N, vocab)
         return LlamaOutput(logits=logits, last_hidden_state=x, hidden_states=hidden, attentions=attns)
 
 

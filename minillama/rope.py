@@ -75,7 +75,7 @@ def rope_cos_sin(position_ids, inv_freq, dtype):
     positions = xp.astype(position_ids, xp.float32)
     angles = positions[:, :, None] * inv_freq[None, None, :]  # (batch, seq, head_dim // 2)
     angles = xp.concat([angles, angles], axis=-1)  # (batch, seq, head_dim): pair i uses slots i and i + head_dim/2
-    return xp.astype(xp.cos(angles), dtype), xp.astype(xp.sin(angles), dtype)
+    return xp.astype(xp.cos(angles), dtype, copy=False), xp.astype(xp.sin(angles), dtype, copy=False)
 
 
 def rotate_half(x):

@@ -168,3 +168,25 @@ def test_pretraining_tp_agrees_with_unsliced(tmp_path, backend):
     assert_close(sliced, torch_forward(reference, ids).logits.numpy())
     model.config.pretraining_tp = 1
     assert_close(sliced, to_numpy(model(ids).logits), tol=1e-5)
+
+
+def test_long_padded_prompt_uses_blocked_attention_and_matches(tmp_path, backend):
+    # Prompts longer than QUERY_BLOCK take the blocked path; attention weights requested take the plain one.
+    from minillama.model import QUERY_BLOCK
+    reference = make_hf_checkpoint(tmp_path, num_key_value_heads=2, max_position_embeddings=512)
+    seq = 2 * QUERY_BLOCK + 45
+    ids = random_ids(96, 2, seq, seed=3)
+    mask = np.ones_like(ids)
+    mask[1, :70] = 0
+    positions = np.maximum(np.cumsum(mask, axis=1) - 1, 0)
+    expected = torch_forward(reference, ids, attention_mask=mask, position_ids=positions).logits.numpy()
+    model = minillama.LlamaForCausalLM.from_pretrained(tmp_path, backend=backend)
+    blocked = to_numpy(model(ids, attention_mask=mask).logits)
+    plain = to_numpy(model(ids, attention_mask=mask, output_attentions=True).logits)
+    assert_close(blocked[mask == 1], expected[mask == 1])
+    assert_close(blocked[mask == 1], plain[mask == 1], tol=1e-5)  # padding rows differ: they attend to nothing
+    # With a cache, a long chunk after cached tokens is blocked too.
+    cache = model.new_cache(2, seq)
+    model(ids[:, :40], attention_mask=mask[:, :40], cache=cache)
+    rest = to_numpy(model(ids[:, 40:], attention_mask=mask, cache=cache).logits)
+    assert_close(rest[mask[:, 40:] == 1], expected[:, 40:][mask[:, 40:] == 1])
