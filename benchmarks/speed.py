@@ -48,16 +48,20 @@ def rss_peak_bytes() -> int:
     return 0
 
 
-def measure_bandwidth(repeats: int = 5) -> float:
-    """Bytes per second streamed by a float32 GEMV over a 512 MiB matrix (the decode-step pattern)."""
-    matrix = np.random.default_rng(0).random((16384, 8192), dtype=np.float32)
+def measure_bandwidth(repeats: int = 7) -> float:
+    """Bytes per second streamed by a float32 GEMV over a 1 GiB matrix (the decode-step pattern):
+    the median of several runs, in whichever memory order streams faster on this machine."""
+    matrix = np.random.default_rng(0).random((32768, 8192), dtype=np.float32)
     vector = np.ones((1, 8192), dtype=np.float32)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        vector @ matrix.T
-        times.append(time.perf_counter() - start)
-    return matrix.nbytes / min(times)
+    medians = []
+    for layout in (matrix, np.asfortranarray(matrix)):
+        rates = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            vector @ layout.T
+            rates.append(matrix.nbytes / (time.perf_counter() - start))
+        medians.append(statistics.median(rates))
+    return max(medians)
 
 
 def weight_bytes_per_token(config) -> int:
@@ -117,13 +121,13 @@ def prefill_theirs(model, ids):
 def worker(lib, folder, new_tokens, prompt_tokens, threads):
     """One measurement of one library, in a fresh process (so neither library's idle threads,
     which spin for a while after each call, slow the other down). Prints JSON."""
-    import torch
-    torch.set_num_threads(threads)
-    if lib == "ours":
+    if lib == "ours":  # torch is not even imported here: its thread pool must not compete with OpenBLAS's
         import minillama
         model, gen, pre = minillama.load(folder), time_ours, prefill_ours
     else:
+        import torch
         import transformers
+        torch.set_num_threads(threads)
         model = transformers.LlamaForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
         gen, pre = time_theirs, prefill_theirs
     rng = np.random.default_rng(1)
@@ -133,7 +137,7 @@ def worker(lib, folder, new_tokens, prompt_tokens, threads):
     one = min(gen(model, short, 1) for _ in range(2))
     total = gen(model, short, new_tokens)
     decode = (new_tokens - 1) / (total - one)
-    prefill = prompt_tokens / min(pre(model, long) for _ in range(2))
+    prefill = prompt_tokens / min(pre(model, long) for _ in range(3))
     print(json.dumps({"decode": decode, "prefill": prefill}))
 
 
@@ -168,6 +172,7 @@ def memory_check(folder, new_tokens):
     import sys
     script = (
         "import sys, numpy as np, minillama\n"
+        "base = [int(l.split()[1]) * 1024 for l in open('/proc/self/status') if l.startswith('VmRSS:')][0]\n"
         f"m = minillama.load({folder!r})\n"
         f"minillama.generate(m, np.array([[1]]), max_new_tokens={new_tokens}, eos_token_id=[])\n"
         "w = m.weights\n"
@@ -176,10 +181,11 @@ def memory_check(folder, new_tokens):
         "c = m.config\n"
         f"cache = 2 * c.num_hidden_layers * c.num_key_value_heads * c.head_dim * ({new_tokens} + 1) * 4\n"
         "peak = [int(l.split()[1]) * 1024 for l in open('/proc/self/status') if l.startswith('VmHWM:')][0]\n"
-        "print(weights, cache, peak)\n")
+        "print(weights, cache, peak, base)\n")
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout.split()
-    weights, cache, peak = (int(v) for v in out)
-    return dict(weights_bytes=weights, cache_bytes=cache, peak_rss_bytes=peak, ratio=peak / (weights + cache))
+    weights, cache, peak, base = (int(v) for v in out)
+    return dict(weights_bytes=weights, cache_bytes=cache, peak_rss_bytes=peak, baseline_rss_bytes=base,
+                ratio=peak / (weights + cache), ratio_above_baseline=(peak - base) / (weights + cache))
 
 
 def plot(rows, path):
@@ -240,7 +246,9 @@ def main():
                   + f" {r[f'{phase}_ratio']:5.2f}x {roof}")
         m = r["memory"]
         print(f"{'':16s} memory: peak RSS {m['peak_rss_bytes'] / 2**20:.0f} MiB = {m['ratio']:.2f} x "
-              f"(weights {m['weights_bytes'] / 2**20:.0f} MiB + cache {m['cache_bytes'] / 2**20:.0f} MiB)")
+              f"(weights {m['weights_bytes'] / 2**20:.0f} MiB + cache {m['cache_bytes'] / 2**20:.0f} MiB); "
+              f"{m['ratio_above_baseline']:.2f} x above the {m['baseline_rss_bytes'] / 2**20:.0f} MiB of an "
+              "interpreter with numpy and minillama imported")
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "speed.json"), "w") as f:
         json.dump(dict(machine=platform.machine(), cores=os.cpu_count(), threads=args.threads,

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import math
+import mmap
 import os
 import struct
 from dataclasses import dataclass
@@ -58,6 +59,29 @@ class StoredTensor:
         No copy is made when the stored dtype is already the one asked for.
         """
         return widen(self.raw(), self.dtype, dtype)
+
+
+def release_pages(view: np.ndarray) -> None:
+    """Tell the kernel this process no longer needs the file pages under ``view`` (a memory-mapped
+    array that was copied): they leave the process's resident memory, the page cache keeps them.
+    Best effort: does nothing for arrays that are not file mappings."""
+    base = view
+    while base is not None and not isinstance(base, np.memmap):
+        base = base.base
+    mapping = getattr(base, "_mmap", None)
+    if mapping is None or not hasattr(mapping, "madvise") or not view.size:
+        return
+    page = mmap.PAGESIZE
+    # Where the mapping starts in memory: the memmap's data address minus its offset into the mapping.
+    map_start = base.__array_interface__["data"][0] - base.offset % mmap.ALLOCATIONGRANULARITY
+    first = view.__array_interface__["data"][0] - map_start
+    last = first + view.size * view.itemsize
+    start, end = -(-first // page) * page, last // page * page  # whole pages inside the view only
+    if end > start:
+        try:
+            mapping.madvise(mmap.MADV_DONTNEED, start, end - start)
+        except (OSError, ValueError):
+            pass
 
 
 def widen(raw: np.ndarray, dtype_name: str, dtype=None) -> np.ndarray:

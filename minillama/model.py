@@ -22,8 +22,8 @@ from dataclasses import dataclass, field, fields
 import numpy as np
 
 from . import functional as F
-from .backend import get_dtype, get_namespace, namespace_of, to_backend, to_numpy, tune_malloc
-from .checkpoint import CheckpointError, widen
+from .backend import backend_name, get_dtype, get_namespace, namespace_of, to_backend, to_numpy, tune_malloc
+from .checkpoint import CheckpointError, release_pages, widen
 from .formats import detect_format, open_checkpoint
 from .cache import KVCache
 from .config import LlamaConfig
@@ -54,6 +54,10 @@ class LayerWeights:
     gate_bias: object = None
     up_bias: object = None
     down_bias: object = None
+    # Speed arrangement of the NumPy assembly (see fuse_projections): q/k/v and gate/up stored as one
+    # matrix each, the named projections above being views into them. None elsewhere.
+    qkv_proj: object = None  # (heads * head_dim + 2 * kv_heads * head_dim, hidden)
+    gate_up_proj: object = None  # (2 * intermediate, hidden)
 
 
 @dataclass
@@ -131,10 +135,11 @@ def load_weights(tensors: dict, config: LlamaConfig, xp, dtype, head: str = "lm_
     lazy: keep the large tensors memory-mapped in their stored dtype (see :class:`Weights`).
     """
     np_dtype = np.dtype(dtype)
+    gemv_layout = backend_name(xp) == "numpy"  # see _transposed_storage
     # LlamaModel.save_pretrained writes names without the "model." prefix.
     prefix = "model." if any(name.startswith("model.") for name in tensors) else ""
 
-    def get(name, shape, required=True, small=False):
+    def get(name, shape, required=True, small=False, matmul=True):
         stored = tensors.get(name)
         if stored is None:
             if required:
@@ -145,7 +150,10 @@ def load_weights(tensors: dict, config: LlamaConfig, xp, dtype, head: str = "lm_
                                   f"but the config needs {tuple(shape)} ({stored.path})")
         if lazy and not small:
             return stored
-        return to_backend(stored.numpy(np_dtype), xp)
+        array = stored.numpy(np_dtype)
+        if gemv_layout and matmul and len(shape) == 2 and shape[0] >= 2 * shape[1]:
+            array = _transposed_storage(array)
+        return to_backend(array, xp)
 
     c = config
     shapes = _layer_shapes(c)
@@ -156,11 +164,15 @@ def load_weights(tensors: dict, config: LlamaConfig, xp, dtype, head: str = "lm_
             is_bias = key.endswith("_bias")
             wanted = (c.attention_bias if key[0] in "qkvo" else c.mlp_bias) if is_bias else True
             parts[key] = get(f"{prefix}layers.{i}.{name}", shapes[key]) if wanted else None
+        if gemv_layout and not lazy and c.pretraining_tp == 1 and not c.attention_bias and not c.mlp_bias:
+            parts.update(fuse_projections({k: tensors[f"{prefix}layers.{i}.{_LAYER_NAMES[k]}"] for k in
+                                           ("q_proj", "k_proj", "v_proj", "gate_proj", "up_proj")}, np_dtype))
         layers.append(LayerWeights(**parts))
         if progress is not None:
             progress(i + 1, c.num_hidden_layers)
 
-    embed = get(f"{prefix}embed_tokens.weight", (c.vocab_size, c.hidden_size))
+    # The embedding is read by rows, so it keeps its row-major layout (also when it is the tied LM head).
+    embed = get(f"{prefix}embed_tokens.weight", (c.vocab_size, c.hidden_size), matmul=False)
     weights = Weights(embed_tokens=embed, layers=layers, norm=get(f"{prefix}norm.weight", (c.hidden_size,), small=True),
                       lazy_dtype=np_dtype if lazy else None, xp=xp)
     if head == "lm_head":
@@ -169,6 +181,45 @@ def load_weights(tensors: dict, config: LlamaConfig, xp, dtype, head: str = "lm_
     elif head == "score":
         weights.score = get("score.weight", (c.num_labels, c.hidden_size), small=True)
     return weights
+
+
+def fuse_projections(stored: dict, dtype) -> dict:
+    """q/k/v as one (q + 2 kv, hidden) matrix and gate/up as one (2 * intermediate, hidden) matrix.
+
+    A speed arrangement for NumPy decoding: one matrix-vector product instead of three (or
+    two) streams the same bytes with fewer calls, and a taller matrix streams faster. The
+    named projections become views of the fused matrices, so nothing is stored twice; the
+    file pages they were copied from are released.
+    """
+    out = {}
+    for fused_name, names in (("qkv_proj", ("q_proj", "k_proj", "v_proj")), ("gate_up_proj", ("gate_proj", "up_proj"))):
+        arrays = [stored[n].numpy(dtype) for n in names]
+        rows, cols = sum(a.shape[0] for a in arrays), arrays[0].shape[1]
+        fused = np.empty((rows, cols), dtype=dtype, order="F" if rows >= 2 * cols else "C")  # see _transposed_storage
+        at = 0
+        for name, array in zip(names, arrays):
+            fused[at:at + array.shape[0]] = array
+            out[name] = fused[at:at + array.shape[0]]
+            at += array.shape[0]
+            release_pages(array)
+        out[fused_name] = fused
+    return out
+
+
+def _transposed_storage(weight: np.ndarray) -> np.ndarray:
+    """The same (out, in) matrix, stored column by column (Fortran order).
+
+    A speed arrangement for NumPy decoding, where every linear layer is a matrix-vector
+    product limited by memory bandwidth: OpenBLAS streams a wide matrix (out >= 2 * in:
+    gate_proj, up_proj, the LM head) 7-22% faster in this layout (benchmarks/speed.py and
+    docs/performance.md). ``linear`` still computes ``x @ weight.T``; only the memory order
+    changes. The copy replaces the file mapping of that tensor, whose pages are released.
+    """
+    if weight.flags.f_contiguous:
+        return weight
+    copy = np.asfortranarray(weight)
+    release_pages(weight)
+    return copy
 
 
 # ---- the forward pass -------------------------------------------------------------------------
@@ -209,9 +260,14 @@ def self_attention(x, w: LayerWeights, config: LlamaConfig, cos, sin, mask, cach
     xp = namespace_of(x)
     batch, seq, _ = x.shape
     heads, kv_heads, head_dim, tp = config.num_attention_heads, config.num_key_value_heads, config.head_dim, config.pretraining_tp
-    q = F.linear_sliced(x, w.q_proj, w.q_bias, tp)  # (batch, seq, heads * head_dim)
-    k = F.linear_sliced(x, w.k_proj, w.k_bias, tp)  # (batch, seq, kv_heads * head_dim)
-    v = F.linear_sliced(x, w.v_proj, w.v_bias, tp)
+    if w.qkv_proj is not None:  # fused by the NumPy assembly: one product gives q, k and v side by side
+        qkv = F.linear(x, w.qkv_proj)
+        q_size, kv_size = heads * head_dim, kv_heads * head_dim
+        q, k, v = qkv[..., :q_size], qkv[..., q_size:q_size + kv_size], qkv[..., q_size + kv_size:]
+    else:
+        q = F.linear_sliced(x, w.q_proj, w.q_bias, tp)  # (batch, seq, heads * head_dim)
+        k = F.linear_sliced(x, w.k_proj, w.k_bias, tp)  # (batch, seq, kv_heads * head_dim)
+        v = F.linear_sliced(x, w.v_proj, w.v_bias, tp)
     # Split the features into heads and put heads before positions.
     q = xp.permute_dims(xp.reshape(q, (batch, seq, heads, head_dim)), (0, 2, 1, 3))  # (batch, heads, seq, head_dim)
     k = xp.permute_dims(xp.reshape(k, (batch, seq, kv_heads, head_dim)), (0, 2, 1, 3))  # (batch, kv_heads, seq, head_dim)
@@ -230,6 +286,10 @@ def self_attention(x, w: LayerWeights, config: LlamaConfig, cos, sin, mask, cach
 def mlp(x, w: LayerWeights, config: LlamaConfig):
     """The SwiGLU feed-forward block of one layer. x: (batch, seq, hidden)."""
     tp = config.pretraining_tp
+    if w.gate_up_proj is not None:  # fused by the NumPy assembly: the same SwiGLU, one product for gate and up
+        gate_up = F.linear(x, w.gate_up_proj)  # (..., 2 * intermediate)
+        gate, up = gate_up[..., :config.intermediate_size], gate_up[..., config.intermediate_size:]
+        return F.linear(F.silu(gate) * up, w.down_proj)
     if tp == 1:
         return F.swiglu_mlp(x, w.gate_proj, w.up_proj, w.down_proj, w.gate_bias, w.up_bias, w.down_bias)
     gate = F.silu(F.linear_sliced(x, w.gate_proj, w.gate_bias, tp))
@@ -447,7 +507,8 @@ class _LlamaBase:
         w = self.weights
         seen, total = set(), 0
         for array in [w.embed_tokens, w.norm, w.lm_head, w.score] + \
-                     [getattr(layer, f.name) for layer in w.layers for f in fields(layer)]:
+                     [getattr(layer, f.name) for layer in w.layers for f in fields(layer)
+                      if f.name not in ("qkv_proj", "gate_up_proj")]:  # those hold the named projections
             if array is not None and id(array) not in seen:
                 seen.add(id(array))
                 total += int(np.prod(array.shape))
