@@ -65,10 +65,10 @@ def release_pages(view: np.ndarray) -> None:
     """Tell the kernel this process no longer needs the file pages under ``view`` (a memory-mapped
     array that was copied): they leave the process's resident memory, the page cache keeps them.
     Best effort: does nothing for arrays that are not file mappings."""
-    base = view
-    while base is not None and not isinstance(base, np.memmap):
+    base = view  # walk to the memmap that owns the mapping (slices of a memmap are memmaps too)
+    while isinstance(getattr(base, "base", None), np.ndarray):
         base = base.base
-    mapping = getattr(base, "_mmap", None)
+    mapping = getattr(base, "_mmap", None) if isinstance(base, np.memmap) else None
     if mapping is None or not hasattr(mapping, "madvise") or not view.size:
         return
     page = mmap.PAGESIZE
