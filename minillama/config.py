@@ -85,16 +85,7 @@ class LlamaConfig:
     @classmethod
     def from_json_file(cls, path: str | os.PathLike) -> "LlamaConfig":
         path = os.fspath(path)
-        try:
-            with open(path, encoding="utf-8") as f:
-                raw = json.load(f)
-        except FileNotFoundError:
-            raise FileNotFoundError(f"config file not found: {path}") from None
-        except (json.JSONDecodeError, UnicodeDecodeError) as error:
-            raise ConfigError(f"{path}: not valid JSON ({error})") from None
-        if not isinstance(raw, dict):
-            raise ConfigError(f"{path}: expected a JSON object, got {type(raw).__name__}")
-        return cls.from_dict(raw, source=path)
+        return cls.from_dict(read_json_object(path, ConfigError), source=path)
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike) -> "LlamaConfig":
@@ -159,6 +150,20 @@ class LlamaConfig:
                (self.num_key_value_heads * self.head_dim) % self.pretraining_tp:
                 self._fail(f"pretraining_tp ({self.pretraining_tp}) must divide the q/k/v projection sizes")
         self.rope_scaling = _normalise_rope_scaling(self.rope_scaling, self.source)
+
+
+def read_json_object(path: str, error=ValueError) -> dict:
+    """A JSON file holding an object; a missing file or bad JSON is an error naming the file."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            raw = json.load(f)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"file not found: {path}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as problem:
+        raise error(f"{path}: not valid JSON ({problem})") from None
+    if not isinstance(raw, dict):
+        raise error(f"{path}: expected a JSON object, got {type(raw).__name__}")
+    return raw
 
 
 def _normalise_rope_scaling(scaling, source: str) -> dict | None:

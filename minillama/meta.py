@@ -16,11 +16,10 @@ so the model code is the same for every format.
 from __future__ import annotations
 
 import glob
-import json
 import os
 
 from .checkpoint import CheckpointError, DerivedTensor
-from .config import LlamaConfig
+from .config import LlamaConfig, read_json_object
 from .pth import read_pth
 
 # Meta name (inside layers.{i}.) -> (HF name, axis the shards were split along; None = replicated)
@@ -56,13 +55,7 @@ def is_meta_folder(path: str) -> bool:
 
 def read_params(folder: str) -> dict:
     path = os.path.join(folder, "params.json")
-    try:
-        with open(path, encoding="utf-8") as f:
-            params = json.load(f)
-    except FileNotFoundError:
-        raise FileNotFoundError(f"params.json not found in {folder}") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise CheckpointError(f"{path}: not valid JSON ({error})") from None
+    params = read_json_object(path, CheckpointError)
     for key in ("dim", "n_layers", "n_heads"):
         if not isinstance(params.get(key), int):
             raise CheckpointError(f"{path}: needs an integer {key!r}")

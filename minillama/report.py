@@ -62,7 +62,7 @@ def describe(path, context: int = 4096) -> str:
         f"path:        {path}",
         f"format:      {dict(hf='Hugging Face (config.json + safetensors)', meta='Meta (params.json + consolidated.*.pth)', llama2c='llama2.c (.bin)')[fmt]}",
         f"parameters:  {params:,} ({human_count(params)})",
-        f"stored:      " + ", ".join(f"{k} {human_bytes(v)}" for k, v in sorted(by_dtype.items())),
+        "stored:      " + ", ".join(f"{k} {human_bytes(v)}" for k, v in sorted(by_dtype.items())),
         f"shape:       {c.num_hidden_layers} layers, hidden {c.hidden_size}, intermediate {c.intermediate_size}, "
         f"heads {c.num_attention_heads} (kv {c.num_key_value_heads}, head_dim {c.head_dim}), vocab {c.vocab_size}",
         f"positions:   {c.max_position_embeddings}, rope_theta {c.rope_theta:g}, rope_scaling {c.rope_scaling}",

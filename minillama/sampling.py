@@ -5,7 +5,9 @@ semantics of the transformers logits processor of the same name; removed tokens
 get -inf. :func:`process_logits` applies them in transformers' order:
 repetition penalty, temperature, top-k, top-p, min-p. The draw itself happens on
 the host with a seeded NumPy generator, so one seed gives the same tokens on
-NumPy and on CuPy (only one vocabulary row per sequence crosses to the host).
+NumPy and on CuPy (only one vocabulary row per sequence crosses to the host; with a
+repetition penalty, generation also sends the seen-token mask, one bool per vocabulary
+entry, to the device each step).
 """
 
 from __future__ import annotations

@@ -26,7 +26,7 @@
 import os
 
 import minillama
-from minillama.bpe import SPACE, BPETokenizer
+from minillama.bpe import BPETokenizer
 from _setup import SHARED_TOKENIZER, stand_in
 
 path = os.environ.get("MINILLAMA_TOKENIZER") or (os.path.join(os.environ["MINILLAMA_MODEL"], "tokenizer.model")

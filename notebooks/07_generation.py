@@ -20,7 +20,6 @@
 # Runs on the model in `MINILLAMA_MODEL`, or on a small random stand-in (whose text is noise).
 
 # %%
-import time
 
 import matplotlib.pyplot as plt
 import numpy as np

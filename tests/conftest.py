@@ -82,3 +82,12 @@ def torch_forward(model, ids, **kwargs):
         tensors = {k: torch.as_tensor(np.asarray(v)) if isinstance(v, (np.ndarray, list)) else v
                    for k, v in kwargs.items() if v is not None}
         return model(torch.as_tensor(np.asarray(ids)), **tensors)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """A small random checkpoint written with NumPy alone (no torch needed): 4 layers, 8 heads, 4 KV heads."""
+    from minillama.synthetic import write_random_checkpoint
+    folder = tmp_path_factory.mktemp("tiny")
+    write_random_checkpoint(folder)
+    return folder

@@ -13,13 +13,6 @@ from minillama.rope import apply_rotary, inverse_frequencies, rope_cos_sin
 from minillama.synthetic import write_random_checkpoint
 
 
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("tiny")
-    write_random_checkpoint(folder, seed=1)
-    return folder
-
-
 def test_forward_outputs_stay_float32(tiny, backend):
     model = minillama.LlamaForCausalLM.from_pretrained(tiny, backend=backend)
     xp = model.xp

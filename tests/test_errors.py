@@ -16,13 +16,6 @@ from minillama.checkpoint import read_safetensors
 from minillama.synthetic import write_random_checkpoint
 
 
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("tiny")
-    write_random_checkpoint(folder)
-    return folder
-
-
 def copy_of(tiny, tmp_path):
     target = tmp_path / "ckpt"
     shutil.copytree(tiny, target)

@@ -9,14 +9,6 @@ import minillama
 from minillama import sampling as S
 from minillama.backend import get_namespace, to_numpy
 from minillama.generate import generate
-from minillama.synthetic import write_random_checkpoint
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("tiny")
-    write_random_checkpoint(folder, seed=5)
-    return folder
 
 
 def test_cached_logits_equal_recomputed_at_every_step(tiny, backend):
