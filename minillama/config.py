@@ -150,6 +150,12 @@ class LlamaConfig:
                (self.num_key_value_heads * self.head_dim) % self.pretraining_tp:
                 self._fail(f"pretraining_tp ({self.pretraining_tp}) must divide the q/k/v projection sizes")
         self.rope_scaling = _normalise_rope_scaling(self.rope_scaling, self.source)
+        # Plain Python numbers from here on: a NumPy float64 (a subclass of float) would turn
+        # float32 arithmetic into float64 wherever it meets an array (NumPy 2 promotion).
+        self.rms_norm_eps, self.rope_theta = float(self.rms_norm_eps), float(self.rope_theta)
+        if self.rope_scaling is not None:
+            self.rope_scaling = {k: float(v) if _is_number(v) and not isinstance(v, int) else v
+                                 for k, v in self.rope_scaling.items()}
 
 
 def read_json_object(path: str, error=ValueError) -> dict:

@@ -55,6 +55,9 @@ class Sampling:
 
     def __post_init__(self):
         check_sampling_args(self.temperature, self.top_k, self.top_p, self.min_p, self.repetition_penalty)
+        # Plain Python numbers, so a NumPy float64 argument cannot upcast float32 logits.
+        self.temperature, self.top_p, self.min_p = float(self.temperature), float(self.top_p), float(self.min_p)
+        self.repetition_penalty, self.top_k = float(self.repetition_penalty), int(self.top_k)
 
 
 def _steps(model, ids, mask, max_new_tokens, sampling: Sampling, eos, pad, done, out, cache, history):

@@ -80,3 +80,14 @@ def test_lazy_weights_give_the_same_logits(tmp_path, backend, stored):
     assert b.dtype == eager.xp.float32
     # Equal up to summation order (eager NumPy stores wide matrices column-major for speed).
     np.testing.assert_allclose(minillama.to_numpy(a), minillama.to_numpy(b), rtol=1e-5, atol=1e-5)
+
+
+def test_numpy_scalars_in_the_config_do_not_upcast(tiny):
+    # np.float64 is a subclass of float, and NumPy 2 does not treat it as weakly typed.
+    model = minillama.load(tiny)
+    model.config.rms_norm_eps = np.float64(1e-5)
+    model.config.rope_theta = np.float64(10000.0)
+    model.config.validate()
+    assert type(model.config.rms_norm_eps) is float and type(model.config.rope_theta) is float
+    out = model(np.array([[1, 2, 3]]), output_hidden_states=True)
+    assert out.logits.dtype == np.float32 and all(h.dtype == np.float32 for h in out.hidden_states)
