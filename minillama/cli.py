@@ -99,18 +99,23 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _draw_bar(label: str, done: int, total: int, unit: str, suffix: str = "") -> None:
+    """A one-line progress bar on stderr, redrawn in place."""
+    filled = int(30 * done / total)
+    sys.stderr.write(f"\r{label} [{'#' * filled}{'.' * (30 - filled)}] {done}/{total} {unit}")
+    if done == total:
+        sys.stderr.write(suffix + "\n")
+    sys.stderr.flush()
+
+
 class _ProgressBar:
-    """A one-line progress bar on stderr."""
+    """Progress over layers loaded."""
 
     def __init__(self, label: str):
         self.label, self.start = label, time.perf_counter()
 
     def __call__(self, done: int, total: int) -> None:
-        filled = int(30 * done / total)
-        sys.stderr.write(f"\r{self.label} [{'#' * filled}{'.' * (30 - filled)}] {done}/{total} layers")
-        if done == total:
-            sys.stderr.write(f" ({time.perf_counter() - self.start:.1f} s)\n")
-        sys.stderr.flush()
+        _draw_bar(self.label, done, total, "layers", f" ({time.perf_counter() - self.start:.1f} s)")
 
 
 def _load(args):
@@ -201,18 +206,14 @@ def _chat(args) -> None:
 
 
 class _TensorProgress:
-    """Progress over tensors written, on stderr."""
+    """Progress over tensors written."""
 
     def __init__(self, total: int, label: str):
         self.total, self.done, self.label = total, 0, label
 
     def __call__(self, name: str) -> None:
         self.done += 1
-        filled = int(30 * self.done / self.total)
-        sys.stderr.write(f"\r{self.label} [{'#' * filled}{'.' * (30 - filled)}] {self.done}/{self.total} tensors")
-        if self.done == self.total:
-            sys.stderr.write("\n")
-        sys.stderr.flush()
+        _draw_bar(self.label, self.done, self.total, "tensors")
 
 
 def _make_synthetic(args) -> None:

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .backend import to_backend
+from .backend import to_backend, to_numpy
 from .sampling import check_sampling_args, choose, process_logits, tokens_seen
 
 
@@ -94,10 +94,18 @@ def _steps(model, ids, mask, max_new_tokens, sampling: Sampling, eos, pad, done,
         out.decode_seconds += time.perf_counter() - step_start
 
 
+def _host_ids(values) -> np.ndarray:
+    if isinstance(values, (list, tuple, np.ndarray)):
+        return np.asarray(values, dtype=np.int64)
+    return to_numpy(values).astype(np.int64)
+
+
 def _prepare_prompt(model, input_ids, attention_mask, max_new_tokens, cache):
     if not isinstance(max_new_tokens, int) or isinstance(max_new_tokens, bool) or max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}")
-    ids = np.asarray(input_ids, dtype=np.int64)
+    # Generation keeps the ids on the host (one row of new ids per step); an array from the
+    # GPU is brought back explicitly, never by an implicit np.asarray (which CuPy refuses).
+    ids = _host_ids(input_ids)
     ids = ids[None, :] if ids.ndim == 1 else ids
     if ids.ndim != 2 or ids.shape[1] == 0:
         raise ValueError("the prompt is empty: generation needs at least one token (BOS) to start from")
@@ -105,7 +113,7 @@ def _prepare_prompt(model, input_ids, attention_mask, max_new_tokens, cache):
     if attention_mask is None:
         mask = np.ones((ids.shape[0], past + ids.shape[1]), dtype=np.int64)
     else:
-        mask = np.asarray(attention_mask, dtype=np.int64)
+        mask = _host_ids(attention_mask)
     limit = model.config.max_position_embeddings
     if past + ids.shape[1] + max_new_tokens > limit:
         raise ValueError(f"prompt ({past + ids.shape[1]} tokens) plus max_new_tokens ({max_new_tokens}) exceeds the "
