@@ -13,9 +13,14 @@ libraries and repeating:
   logits of the last position only, as both libraries' generate does); tokens/s.
 
 The roofline is the decode speed if every step did nothing but stream the weights from
-memory once: measured bandwidth (a large float32 matrix-vector product, in this run) /
-bytes of weights read per token. Prints median tokens/s, min-max, the ratio to
-transformers and the fraction of the roofline; writes JSON and a plot into docs/.
+memory once: measured bandwidth / bytes of weights read per token. The bandwidth is that of
+a 1 GiB float32 matrix-vector product, measured inside each minillama worker just before and
+just after its decode run (the machine's bandwidth drifts by a third over minutes, so a figure
+from another moment would mislead); each run is compared with its own roofline. "strict"
+uses the fastest of that and 64 MiB slices. "GEMV-only" times the model's own matrix-vector
+products and nothing else: the part of the gap that is OpenBLAS on these shapes.
+Prints median tokens/s, min-max, the ratio to transformers and the fractions; writes JSON
+and a plot into docs/benchmarks/.
 """
 
 from __future__ import annotations
@@ -48,32 +53,61 @@ def rss_peak_bytes() -> int:
     return 0
 
 
-def measure_bandwidth(repeats: int = 5) -> dict:
+def gemv_matrix() -> np.ndarray:
+    """The 1 GiB float32 matrix that the bandwidth is measured with (values do not matter)."""
+    return np.full((32768, 8192), 0.5, dtype=np.float32)
+
+
+def measure_bandwidth(big: np.ndarray, repeats: int = 5) -> dict:
     """Bytes per second streamed by float32 matrix-vector products (the decode-step pattern).
 
-    "single": one 1 GiB matrix, the issue's "large GEMV". "best": the fastest of several
-    patterns that also stream 1 GiB (sixteen 64 MiB matrices of two shapes), each in both
-    memory orders. Each figure is a median over runs; "best" is the stricter roofline.
+    "single": the whole 1 GiB matrix in one product, the issue's "large GEMV". "best": the
+    fastest of that and sixteen 64 MiB slices of it, each product read both ways (rows as dot
+    products, or columns as scaled sums: OpenBLAS's two GEMV kernels), the stricter roofline.
+    Each figure is a median over ``repeats`` runs.
     """
-    rng = np.random.default_rng(0)
-
-    def median_rate(mats, x):
+    def median_rate(products, nbytes):
         rates = []
         for _ in range(repeats):
             start = time.perf_counter()
-            for m in mats:
-                x @ m.T
-            rates.append(sum(m.nbytes for m in mats) / (time.perf_counter() - start))
+            for product in products:
+                product()
+            rates.append(nbytes / (time.perf_counter() - start))
         return statistics.median(rates)
 
-    results = {}
-    for name, shape, count in (("single", (32768, 8192), 1), ("64MiB-wide", (2048, 8192), 16),
-                               ("64MiB-tall", (8192, 2048), 16)):
-        mats = [rng.random(shape, dtype=np.float32) for _ in range(count)]
-        x = np.ones((1, shape[1]), dtype=np.float32)
-        results[name] = max(median_rate(mats, x), median_rate([np.asfortranarray(m) for m in mats], x))
-        del mats
-    return {"single": results["single"], "best": max(results.values()), "patterns": results}
+    x_in, x_out = np.ones((1, big.shape[1]), np.float32), np.ones((1, big.shape[0]), np.float32)
+    slices = big.reshape(16, big.shape[0] // 16, big.shape[1])
+    x_slice = np.ones((1, slices.shape[1]), np.float32)
+    patterns = {
+        "single": max(median_rate([lambda: x_in @ big.T], big.nbytes), median_rate([lambda: x_out @ big], big.nbytes)),
+        "64MiB": max(median_rate([lambda m=m: x_in @ m.T for m in slices], big.nbytes),
+                     median_rate([lambda m=m: x_slice @ m for m in slices], big.nbytes)),
+    }
+    return {"single": patterns["single"], "best": max(patterns.values()), "patterns": patterns}
+
+
+def gemv_floor_seconds(model, repeats: int = 5) -> float:
+    """Time of the model's own matrix-vector products for one token and nothing else.
+
+    Every matrix a decoding step reads (as loaded: fused, column-major where so arranged),
+    multiplied by a vector in sequence: how fast OpenBLAS streams these very shapes. The gap
+    between this and a decoding step is the rest of the forward pass (Python, small arrays).
+    """
+    mats = []
+    for layer in model.weights.layers:
+        mats += [layer.qkv_proj] if layer.qkv_proj is not None else [layer.q_proj, layer.k_proj, layer.v_proj]
+        mats.append(layer.o_proj)
+        mats += [layer.gate_up_proj] if layer.gate_up_proj is not None else [layer.gate_proj, layer.up_proj]
+        mats.append(layer.down_proj)
+    mats.append(model.weights.lm_head)
+    vectors = {m.shape[1]: np.ones((1, 1, m.shape[1]), np.float32) for m in mats}
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        for m in mats:
+            vectors[m.shape[1]] @ m.T
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
 
 
 def weight_bytes_per_token(config) -> int:
@@ -132,7 +166,11 @@ def prefill_theirs(model, ids):
 
 def worker(lib, folder, new_tokens, prompt_tokens, threads):
     """One measurement of one library, in a fresh process (so neither library's idle threads,
-    which spin for a while after each call, slow the other down). Prints JSON."""
+    which spin for a while after each call, slow the other down). Prints JSON.
+
+    The minillama worker also measures the memory bandwidth right before and right after its
+    decode run, so its roofline is that of the same minutes (this machine's bandwidth drifts by a
+    third over minutes), and the time of the model's matrix-vector products alone."""
     if lib == "ours":  # torch is not even imported here: its thread pool must not compete with OpenBLAS's
         import minillama
         model, gen, pre = minillama.load(folder), time_ours, prefill_ours
@@ -146,21 +184,29 @@ def worker(lib, folder, new_tokens, prompt_tokens, threads):
     short = rng.integers(3, 32000, size=(1, 1))
     long = rng.integers(3, 32000, size=(1, prompt_tokens))
     pre(model, long[:, :16])  # warm up
+    result = {}
+    big = gemv_matrix() if lib == "ours" else None
+    bandwidth_before = measure_bandwidth(big) if lib == "ours" else None
     one = min(gen(model, short, 1) for _ in range(2))
     total = gen(model, short, new_tokens)
-    decode = (new_tokens - 1) / (total - one)
-    prefill = prompt_tokens / min(pre(model, long) for _ in range(3))
-    print(json.dumps({"decode": decode, "prefill": prefill}))
+    result["decode"] = (new_tokens - 1) / (total - one)
+    if lib == "ours":
+        after = measure_bandwidth(big)
+        del big
+        result["bandwidth"] = {k: (bandwidth_before[k] + after[k]) / 2 for k in ("single", "best")}
+        result["gemv_floor_seconds"] = gemv_floor_seconds(model)
+    result["prefill"] = prompt_tokens / min(pre(model, long) for _ in range(3))
+    print(json.dumps(result))
 
 
-def run_shape(shape, folder, args, bandwidth):
+def run_shape(shape, folder, args):
     import subprocess
     import sys
-    import minillama
     from minillama.config import LlamaConfig
     config = LlamaConfig.from_pretrained(folder)
-    del minillama
-    runs = {k: [] for k in ("ours_decode", "theirs_decode", "ours_prefill", "theirs_prefill")}
+    per_token = weight_bytes_per_token(config)
+    runs = {k: [] for k in ("ours_decode", "theirs_decode", "ours_prefill", "theirs_prefill", "roofline",
+                            "strict_roofline", "gemv_floor", "bandwidth")}
     for _ in range(args.repeats):
         for lib in ("ours", "theirs"):
             out = subprocess.run([sys.executable, __file__, "--worker", lib, "--folder", folder,
@@ -169,16 +215,22 @@ def run_shape(shape, folder, args, bandwidth):
             result = json.loads(out.stdout.strip().splitlines()[-1])
             runs[f"{lib}_decode"].append(result["decode"])
             runs[f"{lib}_prefill"].append(result["prefill"])
-    roofline = bandwidth["single"] / weight_bytes_per_token(config)
-    strict_roofline = bandwidth["best"] / weight_bytes_per_token(config)
+            if lib == "ours":
+                runs["bandwidth"].append(result["bandwidth"]["single"])
+                runs["roofline"].append(result["bandwidth"]["single"] / per_token)
+                runs["strict_roofline"].append(result["bandwidth"]["best"] / per_token)
+                runs["gemv_floor"].append(1 / result["gemv_floor_seconds"])
     med = {k: statistics.median(v) for k, v in runs.items()}
-    return dict(shape=shape, runs=runs, median=med, roofline_tokens_per_s=roofline,
-                strict_roofline_tokens_per_s=strict_roofline,
+    # Each decode run against the roofline measured around it, then the median of those fractions.
+    fraction = statistics.median(d / r for d, r in zip(runs["ours_decode"], runs["roofline"]))
+    strict = statistics.median(d / r for d, r in zip(runs["ours_decode"], runs["strict_roofline"]))
+    of_floor = statistics.median(d / r for d, r in zip(runs["ours_decode"], runs["gemv_floor"]))
+    return dict(shape=shape, runs=runs, median=med, roofline_tokens_per_s=med["roofline"],
+                strict_roofline_tokens_per_s=med["strict_roofline"], gemv_floor_tokens_per_s=med["gemv_floor"],
                 decode_ratio=med["ours_decode"] / med["theirs_decode"],
                 prefill_ratio=med["ours_prefill"] / med["theirs_prefill"],
-                decode_fraction_of_roofline=med["ours_decode"] / roofline,
-                decode_fraction_of_strict_roofline=med["ours_decode"] / strict_roofline,
-                weight_bytes_per_token=weight_bytes_per_token(config))
+                decode_fraction_of_roofline=fraction, decode_fraction_of_strict_roofline=strict,
+                decode_fraction_of_gemv_floor=of_floor, weight_bytes_per_token=per_token)
 
 
 def memory_check(folder, new_tokens):
@@ -238,25 +290,26 @@ def main():
         return worker(args.worker, args.folder, args.new_tokens, args.prompt_tokens, args.threads)
 
     import torch
-    bandwidth = measure_bandwidth()
     rows = []
     for shape in args.shapes:
         folder = os.path.join(args.workdir, shape)
         if not os.path.exists(os.path.join(folder, "config.json")):
             make_checkpoint(folder, shape)
-        rows.append(run_shape(shape, folder, args, bandwidth))
+        rows.append(run_shape(shape, folder, args))
         rows[-1]["memory"] = memory_check(folder, args.new_tokens)
 
+    bandwidths = [b for r in rows for b in r["runs"]["bandwidth"]]
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, threads {args.threads}, NumPy {np.__version__}, "
-          f"torch {torch.__version__}; bandwidth: one 1 GiB GEMV {bandwidth['single'] / 1e9:.1f} GB/s, "
-          f"best large-GEMV pattern {bandwidth['best'] / 1e9:.1f} GB/s")
+          f"torch {torch.__version__}; bandwidth of a 1 GiB GEMV, measured around each decode run: "
+          f"{min(bandwidths) / 1e9:.1f}-{max(bandwidths) / 1e9:.1f} GB/s")
     print(f"{'shape':16s} {'phase':8s} {'minillama tok/s':>22s} {'transformers tok/s':>22s} {'ratio':>6s} "
-          f"{'roofline':>9s} {'of roof':>8s} {'of strict':>9s}")
+          f"{'roofline':>9s} {'of roof':>8s} {'of strict':>9s} {'GEMV-only':>9s} {'of it':>6s}")
     for r in rows:
         for phase in ("decode", "prefill"):
             o, t = r["runs"][f"ours_{phase}"], r["runs"][f"theirs_{phase}"]
             roof = (f"{r['roofline_tokens_per_s']:9.1f} {r['decode_fraction_of_roofline']:7.0%} "
-                    f"{r['decode_fraction_of_strict_roofline']:8.0%}") if phase == "decode" else ""
+                    f"{r['decode_fraction_of_strict_roofline']:8.0%} {r['gemv_floor_tokens_per_s']:9.1f} "
+                    f"{r['decode_fraction_of_gemv_floor']:6.0%}") if phase == "decode" else ""
             print(f"{r['shape']:16s} {phase:8s} {statistics.median(o):8.1f} ({min(o):.1f}-{max(o):.1f})".ljust(48)
                   + f"{statistics.median(t):8.1f} ({min(t):.1f}-{max(t):.1f})".rjust(22)
                   + f" {r[f'{phase}_ratio']:5.2f}x {roof}")
@@ -268,7 +321,7 @@ def main():
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "speed.json"), "w") as f:
         json.dump(dict(machine=platform.machine(), cores=os.cpu_count(), threads=args.threads,
-                       numpy=np.__version__, torch=torch.__version__, bandwidth_bytes_per_s=bandwidth,
+                       numpy=np.__version__, torch=torch.__version__,
                        date=time.strftime("%Y-%m-%d"),
                        new_tokens=args.new_tokens, prompt_tokens=args.prompt_tokens, rows=rows), f, indent=2)
     plot(rows, os.path.join(args.out, "speed.png"))

@@ -33,7 +33,7 @@ def rms_norm(x, weight, eps: float):
     """
     xp = namespace_of(x)
     x_wide = xp.astype(x, xp.float32, copy=False) if x.dtype != xp.float64 else x
-    mean_square = xp.mean(x_wide * x_wide, axis=-1, keepdims=True)  # (..., 1)
+    mean_square = xp.sum(x_wide * x_wide, axis=-1, keepdims=True) / x.shape[-1]  # (..., 1)
     normed = x_wide / xp.sqrt(mean_square + eps)
     return weight * xp.astype(normed, x.dtype, copy=False)
 
@@ -123,13 +123,11 @@ def attention(q, k, v, mask):
     batch, heads, q_len, head_dim = q.shape
     kv_heads, k_len = k.shape[1], k.shape[2]
     group = heads // kv_heads
-    # Put the query heads that share a key/value head side by side; no copy of k or v is made.
-    q = xp.reshape(q, (batch, kv_heads, group, q_len, head_dim))
-    k = k[:, :, None, :, :]  # (batch, kv_heads, 1, k_len, head_dim)
-    v = v[:, :, None, :, :]
-
+    # Stack the query heads that share a key/value head as extra rows: one matrix product per
+    # key/value head serves its whole group, and no copy of k or v is made.
     q = q * head_dim ** -0.5  # scaling q rather than the scores touches q_len * head_dim numbers, not q_len * k_len
-    scores = q @ xp.matrix_transpose(k)  # (batch, kv_heads, group, q_len, k_len)
+    q = xp.reshape(q, (batch, kv_heads, group * q_len, head_dim))
+    scores = q @ xp.matrix_transpose(k)  # (batch, kv_heads, group * q_len, k_len)
     scores = xp.reshape(scores, (batch, heads, q_len, k_len))
     wide = xp.float64 if q.dtype == xp.float64 else xp.float32
     scores = xp.astype(scores, wide, copy=False)
@@ -138,6 +136,5 @@ def attention(q, k, v, mask):
     scores = xp.where(mask, scores, float(xp.finfo(wide).min))
     probs = xp.astype(softmax(scores, axis=-1), q.dtype, copy=False)  # (batch, heads, q_len, k_len)
 
-    grouped = xp.reshape(probs, (batch, kv_heads, group, q_len, k_len))
-    out = grouped @ v  # (batch, kv_heads, group, q_len, head_dim)
+    out = xp.reshape(probs, (batch, kv_heads, group * q_len, k_len)) @ v  # (batch, kv_heads, group * q_len, head_dim)
     return xp.reshape(out, (batch, heads, q_len, head_dim)), probs

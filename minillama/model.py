@@ -225,7 +225,7 @@ def _transposed_storage(weight: np.ndarray) -> np.ndarray:
 # ---- the forward pass -------------------------------------------------------------------------
 
 # Long prompts attend in blocks of this many queries (see causal_attention_in_blocks).
-QUERY_BLOCK = 256  # measured best of 64-512 for 512-token prompts (docs/performance.md)
+QUERY_BLOCK = 128  # measured best of 64-512 for 512-token prompts (docs/performance.md)
 
 
 def causal_attention_in_blocks(q, k, v, mask):
@@ -233,7 +233,8 @@ def causal_attention_in_blocks(q, k, v, mask):
 
     A speed arrangement, not a new idea: with a causal mask, queries early in a long prompt
     see only early keys, so each block is given only the keys up to its last query. For a
-    512-token prompt that is 75% of the scores of the full square, and half the memory. q: (batch, heads, q_len, head_dim); k, v: (batch, kv_heads, k_len, head_dim).
+    512-token prompt in blocks of 128 that is 62.5% of the scores of the full square, and a
+    quarter of the memory. q: (batch, heads, q_len, head_dim); k, v: (batch, kv_heads, k_len, head_dim).
     """
     xp = namespace_of(q)
     q_len, k_len = q.shape[2], k.shape[2]
