@@ -100,6 +100,30 @@ def test_grouped_query_attention(backend, heads, kv_heads):
     np.testing.assert_allclose(to_numpy(probs), expected_probs, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+def test_blocked_attention_equals_plain_attention(backend, dtype, monkeypatch):
+    # The model's speed arrangement for long prompts (blocks of queries, late normalisation)
+    # against the component: GQA, a padded row, cached keys before the queries, a last short block.
+    from minillama import model as M
+    if dtype == "float16" and backend == "strict":
+        pytest.skip("the Array API standard has no float16")
+    monkeypatch.setattr(M, "QUERY_BLOCK", 4)
+    q = rng.standard_normal((2, 8, 10, 8)).astype(dtype)
+    k = rng.standard_normal((2, 2, 13, 8)).astype(dtype)
+    v = rng.standard_normal((2, 2, 13, 8)).astype(dtype)
+    padding = np.ones((2, 13), dtype=np.int64)
+    padding[1, :5] = 0  # row 1 is left-padded: its first two queries see no key at all
+    xp, (qb, kb, vb, pb) = on(backend, q, k, v, padding)
+    mask = F.attention_mask(10, 13, xp, pb)
+    blocked = M.causal_attention_in_blocks(qb, kb, vb, mask)
+    plain, _ = F.attention(qb, kb, vb, mask)
+    assert blocked.dtype == plain.dtype == (xp.float16 if dtype == "float16" else xp.float32)
+    real = padding[:, 3:] == 1  # (batch, q_len) queries that are tokens; a padding query's uniform row
+    tol = 2e-3 if dtype == "float16" else 1e-6  # spans the keys its block was given, so it differs
+    blocked, plain = to_numpy(blocked).astype(np.float32), to_numpy(plain).astype(np.float32)
+    np.testing.assert_allclose(blocked.transpose(0, 2, 1, 3)[real], plain.transpose(0, 2, 1, 3)[real], rtol=tol, atol=tol)
+
+
 def test_causal_mask_with_offset(backend):
     xp = get_namespace(backend)
     mask = to_numpy(F.attention_mask(2, 4, xp))[0, 0]  # the last 2 of 4 tokens ask
