@@ -14,13 +14,14 @@ libraries and repeating:
 
 The roofline is the decode speed if every step did nothing but stream the weights from
 memory once: measured bandwidth / bytes of weights read per token. The bandwidth is that of
-a 1 GiB float32 matrix-vector product, measured inside each minillama worker just before and
-just after its decode run (the machine's bandwidth drifts by a third over minutes, so a figure
-from another moment would mislead); each run is compared with its own roofline. "strict"
-uses the fastest of that and 64 MiB slices. "GEMV-only" times the model's own matrix-vector
-products and nothing else: the part of the gap that is OpenBLAS on these shapes.
+a 1 GiB float32 matrix-vector product, sampled inside each minillama worker before its decode
+and after every 32 decoded tokens (the machine's bandwidth drifts by a third within minutes,
+so a figure from another moment would mislead); each chunk of tokens is compared with the
+bandwidth around it. "strict" uses the fastest of that and 64 MiB slices. "GEMV-only" times
+the model's own matrix-vector products and nothing else, sampled the same way: the part of
+the gap that is OpenBLAS on these shapes (see gemv_shapes.py).
 Prints median tokens/s, min-max, the ratio to transformers and the fractions; writes JSON
-and a plot into docs/benchmarks/.
+and a plot into docs/benchmarks/ (--replot redraws the plot from the JSON).
 """
 
 from __future__ import annotations
@@ -164,38 +165,64 @@ def prefill_theirs(model, ids):
     return time.perf_counter() - start
 
 
+def decode_in_chunks(model, prompt, new_tokens, per_token_bytes, chunk=32):
+    """minillama's greedy decode of new_tokens tokens, timed in chunks of ``chunk`` tokens with
+    the bandwidth (1 GiB GEMV) and the GEMV-only time sampled, untimed, before the first chunk
+    and after each one, so every chunk is compared with the bandwidth of its own seconds (this
+    machine's bandwidth drifts by a third within minutes).
+
+    The chunks continue one KV cache (``generate(..., cache=)``), so together they are one
+    generation; a chunk of n tokens is n one-token forward passes, as in a plain decode.
+    """
+    from minillama import generate
+    big = gemv_matrix()
+    cache = model.new_cache(1, prompt.shape[1] + new_tokens)
+    samples = [(measure_bandwidth(big, repeats=3), gemv_floor_seconds(model, repeats=1))]
+    sizes, times, ids = [], [], prompt
+    while sum(sizes) < new_tokens:
+        sizes.append(min(chunk, new_tokens - sum(sizes)))
+        start = time.perf_counter()
+        out = generate(model, ids, max_new_tokens=sizes[-1], eos_token_id=[], cache=cache)
+        times.append(time.perf_counter() - start)
+        ids = out.sequences[:, -1:]
+        samples.append((measure_bandwidth(big, repeats=3), gemv_floor_seconds(model, repeats=1)))
+    del big
+    bandwidth = {k: [(a[0][k] + b[0][k]) / 2 for a, b in zip(samples, samples[1:])] for k in ("single", "best")}
+    floor = [2 / (a[1] + b[1]) for a, b in zip(samples, samples[1:])]  # tokens/s of the GEMVs alone
+    rates = [n / t for n, t in zip(sizes, times)]
+    return {
+        "decode": sum(sizes) / sum(times),
+        "bandwidth": {k: statistics.mean(v) for k, v in bandwidth.items()},
+        "fraction_of_roofline": statistics.mean(r * per_token_bytes / bw for r, bw in zip(rates, bandwidth["single"])),
+        "fraction_of_strict_roofline": statistics.mean(r * per_token_bytes / bw for r, bw in zip(rates, bandwidth["best"])),
+        "gemv_floor": statistics.mean(floor),
+        "fraction_of_gemv_floor": statistics.mean(r / f for r, f in zip(rates, floor)),
+    }
+
+
 def worker(lib, folder, new_tokens, prompt_tokens, threads):
     """One measurement of one library, in a fresh process (so neither library's idle threads,
-    which spin for a while after each call, slow the other down). Prints JSON.
-
-    The minillama worker also measures the memory bandwidth right before and right after its
-    decode run, so its roofline is that of the same minutes (this machine's bandwidth drifts by a
-    third over minutes), and the time of the model's matrix-vector products alone."""
+    which spin for a while after each call, slow the other down). Prints JSON."""
+    rng = np.random.default_rng(1)
+    short = rng.integers(3, 32000, size=(1, 1))
+    long = rng.integers(3, 32000, size=(1, prompt_tokens))
     if lib == "ours":  # torch is not even imported here: its thread pool must not compete with OpenBLAS's
         import minillama
-        model, gen, pre = minillama.load(folder), time_ours, prefill_ours
+        model = minillama.load(folder)
+        prefill_ours(model, long[:, :16])  # warm up
+        prefill = prompt_tokens / min(prefill_ours(model, long) for _ in range(3))
+        result = decode_in_chunks(model, short, new_tokens, weight_bytes_per_token(model.config))
+        result["prefill"] = prefill
     else:
         import torch
         import transformers
         torch.set_num_threads(threads)
         model = transformers.LlamaForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
-        gen, pre = time_theirs, prefill_theirs
-    rng = np.random.default_rng(1)
-    short = rng.integers(3, 32000, size=(1, 1))
-    long = rng.integers(3, 32000, size=(1, prompt_tokens))
-    pre(model, long[:, :16])  # warm up
-    result = {}
-    big = gemv_matrix() if lib == "ours" else None
-    bandwidth_before = measure_bandwidth(big) if lib == "ours" else None
-    one = min(gen(model, short, 1) for _ in range(2))
-    total = gen(model, short, new_tokens)
-    result["decode"] = (new_tokens - 1) / (total - one)
-    if lib == "ours":
-        after = measure_bandwidth(big)
-        del big
-        result["bandwidth"] = {k: (bandwidth_before[k] + after[k]) / 2 for k in ("single", "best")}
-        result["gemv_floor_seconds"] = gemv_floor_seconds(model)
-    result["prefill"] = prompt_tokens / min(pre(model, long) for _ in range(3))
+        prefill_theirs(model, long[:, :16])  # warm up
+        prefill = prompt_tokens / min(prefill_theirs(model, long) for _ in range(3))
+        one = min(time_theirs(model, short, 1) for _ in range(2))
+        total = time_theirs(model, short, new_tokens)
+        result = {"decode": (new_tokens - 1) / (total - one), "prefill": prefill}
     print(json.dumps(result))
 
 
@@ -205,8 +232,9 @@ def run_shape(shape, folder, args):
     from minillama.config import LlamaConfig
     config = LlamaConfig.from_pretrained(folder)
     per_token = weight_bytes_per_token(config)
-    runs = {k: [] for k in ("ours_decode", "theirs_decode", "ours_prefill", "theirs_prefill", "roofline",
-                            "strict_roofline", "gemv_floor", "bandwidth")}
+    runs = {k: [] for k in ("ours_decode", "theirs_decode", "ours_prefill", "theirs_prefill", "bandwidth",
+                            "roofline", "gemv_floor", "fraction_of_roofline", "fraction_of_strict_roofline",
+                            "fraction_of_gemv_floor")}
     for _ in range(args.repeats):
         for lib in ("ours", "theirs"):
             out = subprocess.run([sys.executable, __file__, "--worker", lib, "--folder", folder,
@@ -218,19 +246,16 @@ def run_shape(shape, folder, args):
             if lib == "ours":
                 runs["bandwidth"].append(result["bandwidth"]["single"])
                 runs["roofline"].append(result["bandwidth"]["single"] / per_token)
-                runs["strict_roofline"].append(result["bandwidth"]["best"] / per_token)
-                runs["gemv_floor"].append(1 / result["gemv_floor_seconds"])
+                for key in ("gemv_floor", "fraction_of_roofline", "fraction_of_strict_roofline", "fraction_of_gemv_floor"):
+                    runs[key].append(result[key])
     med = {k: statistics.median(v) for k, v in runs.items()}
-    # Each decode run against the roofline measured around it, then the median of those fractions.
-    fraction = statistics.median(d / r for d, r in zip(runs["ours_decode"], runs["roofline"]))
-    strict = statistics.median(d / r for d, r in zip(runs["ours_decode"], runs["strict_roofline"]))
-    of_floor = statistics.median(d / r for d, r in zip(runs["ours_decode"], runs["gemv_floor"]))
     return dict(shape=shape, runs=runs, median=med, roofline_tokens_per_s=med["roofline"],
-                strict_roofline_tokens_per_s=med["strict_roofline"], gemv_floor_tokens_per_s=med["gemv_floor"],
+                gemv_floor_tokens_per_s=med["gemv_floor"],
                 decode_ratio=med["ours_decode"] / med["theirs_decode"],
                 prefill_ratio=med["ours_prefill"] / med["theirs_prefill"],
-                decode_fraction_of_roofline=fraction, decode_fraction_of_strict_roofline=strict,
-                decode_fraction_of_gemv_floor=of_floor, weight_bytes_per_token=per_token)
+                decode_fraction_of_roofline=med["fraction_of_roofline"],
+                decode_fraction_of_strict_roofline=med["fraction_of_strict_roofline"],
+                decode_fraction_of_gemv_floor=med["fraction_of_gemv_floor"], weight_bytes_per_token=per_token)
 
 
 def memory_check(folder, new_tokens):
@@ -259,17 +284,21 @@ def plot(rows, path):
     import matplotlib.pyplot as plt
     fig, ax = plt.subplots(figsize=(8, 4.5))
     x = np.arange(len(rows))
-    width = 0.27
+    width = 0.2
     bars = [("minillama", [r["median"]["ours_decode"] for r in rows]),
-            ("transformers", [r["median"]["theirs_decode"] for r in rows]),
-            ("roofline (1 GiB GEMV)", [r["roofline_tokens_per_s"] for r in rows])]
+            ("transformers (torch, eager)", [r["median"]["theirs_decode"] for r in rows]),
+            ("the model's GEMVs alone", [r["gemv_floor_tokens_per_s"] for r in rows]),
+            ("roofline (bandwidth of a 1 GiB GEMV)", [r["roofline_tokens_per_s"] for r in rows])]
     for i, (label, values) in enumerate(bars):
-        ax.bar(x + (i - 1) * width, values, width, label=label)
+        ax.bar(x + (i - 1.5) * width, values, width, label=label)
+        for xi, value in zip(x + (i - 1.5) * width, values):
+            ax.text(xi, value * 1.05, f"{value:.0f}" if value >= 10 else f"{value:.1f}", ha="center", fontsize=7)
     ax.set_xticks(x, [r["shape"] for r in rows])
     ax.set_yscale("log")
     ax.set_ylabel("decode tokens/s (batch 1, log scale)")
-    ax.set_title("Decode speed on the CPU, measured in one run")
-    ax.legend()
+    ax.set_title("Decode speed on the CPU (batch 1, float32), medians of one run")
+    ax.set_ylim(top=max(max(values) for _, values in bars) * 4)  # room for the legend above the bars
+    ax.legend(fontsize=8, loc="upper left", ncol=2)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 
@@ -283,11 +312,15 @@ def main():
     parser.add_argument("--threads", type=int, default=os.cpu_count())
     parser.add_argument("--workdir", default=os.path.join(tempfile.gettempdir(), "minillama-speed"))
     parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "..", "docs", "benchmarks"))
+    parser.add_argument("--replot", action="store_true", help="only redraw the plot from the saved JSON")
     parser.add_argument("--worker", choices=["ours", "theirs"], help=argparse.SUPPRESS)
     parser.add_argument("--folder", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         return worker(args.worker, args.folder, args.new_tokens, args.prompt_tokens, args.threads)
+    if args.replot:
+        with open(os.path.join(args.out, "speed.json")) as f:
+            return plot(json.load(f)["rows"], os.path.join(args.out, "speed.png"))
 
     import torch
     rows = []
