@@ -65,11 +65,26 @@ def release_pages(view: np.ndarray) -> None:
     """Tell the kernel this process no longer needs the file pages under ``view`` (a memory-mapped
     array that was copied): they leave the process's resident memory, the page cache keeps them.
     Best effort: does nothing for arrays that are not file mappings."""
+    _advise(view, mmap.MADV_DONTNEED)
+
+
+def prefetch_pages(view: np.ndarray) -> None:
+    """Ask the kernel to read the file pages under ``view`` into the page cache now, in the background.
+
+    For a memory-mapped table read a few rows at a time (the token embedding: one row per
+    decoded token), where every row not yet read would otherwise stop generation for a disk
+    read. The pages enter the page cache, not this process's resident memory. Best effort,
+    as :func:`release_pages`."""
+    _advise(view, getattr(mmap, "MADV_WILLNEED", None))
+
+
+def _advise(view: np.ndarray, advice) -> None:
+    """madvise the whole pages of the file mapping under ``view`` (nothing for other arrays)."""
     base = view  # walk to the memmap that owns the mapping (slices of a memmap are memmaps too)
     while isinstance(getattr(base, "base", None), np.ndarray):
         base = base.base
     mapping = getattr(base, "_mmap", None) if isinstance(base, np.memmap) else None
-    if mapping is None or not hasattr(mapping, "madvise") or not view.size:
+    if advice is None or mapping is None or not hasattr(mapping, "madvise") or not view.size:
         return
     page = mmap.PAGESIZE
     # Where the mapping starts in memory: the memmap's data address minus its offset into the mapping.
@@ -77,11 +92,12 @@ def release_pages(view: np.ndarray) -> None:
     first = view.__array_interface__["data"][0] - map_start
     last = first + view.size * view.itemsize
     start, end = -(-first // page) * page, last // page * page  # whole pages inside the view only
-    if end > start:
+    # In steps of 2 MiB: Linux reads ahead at most read_ahead_kb (often 128 KiB-8 MiB) per WILLNEED call.
+    for at in range(start, end, 2 * 2**20):
         try:
-            mapping.madvise(mmap.MADV_DONTNEED, start, end - start)
+            mapping.madvise(advice, at, min(2 * 2**20, end - at))
         except (OSError, ValueError):
-            pass
+            return
 
 
 def widen(raw: np.ndarray, dtype_name: str, dtype=None) -> np.ndarray:

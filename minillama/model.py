@@ -23,7 +23,7 @@ import numpy as np
 
 from . import functional as F
 from .backend import backend_name, get_dtype, get_namespace, namespace_of, to_backend, to_numpy, tune_malloc
-from .checkpoint import CheckpointError, release_pages, widen
+from .checkpoint import CheckpointError, StoredTensor, prefetch_pages, release_pages, widen
 from .formats import detect_format, open_checkpoint
 from .cache import KVCache
 from .config import LlamaConfig
@@ -173,6 +173,8 @@ def load_weights(tensors: dict, config: LlamaConfig, xp, dtype, head: str = "lm_
 
     # The embedding is read by rows, so it keeps its row-major layout (also when it is the tied LM head).
     embed = get(f"{prefix}embed_tokens.weight", (c.vocab_size, c.hidden_size), matmul=False)
+    # Decoding reads one row of it per token; without this, each row not yet read is a disk read mid-generation.
+    prefetch_pages(embed.data if isinstance(embed, StoredTensor) else embed)
     weights = Weights(embed_tokens=embed, layers=layers, norm=get(f"{prefix}norm.weight", (c.hidden_size,), small=True),
                       lazy_dtype=np_dtype if lazy else None, xp=xp)
     if head == "lm_head":

@@ -334,3 +334,39 @@ def test_synthetic_checkpoint_has_real_names_and_shards(tmp_path):
     assert set(tensors) == set(tensor_shapes(config)) and {t.dtype for t in tensors.values()} == {"F16"}
     assert len(list((tmp_path / "s").glob("model-*.safetensors"))) > 1
     assert oct(os.stat(tmp_path / "s").st_mode & 0o777) == "0o755"
+
+
+def _resident_fraction(array: np.ndarray) -> float:
+    """Fraction of the file pages under a memory-mapped array that are in the page cache (Linux mincore)."""
+    import ctypes
+    import mmap
+    libc = ctypes.CDLL(None, use_errno=True)
+    page = mmap.PAGESIZE
+    address = array.__array_interface__["data"][0]
+    start = address // page * page
+    pages = -(-(address + array.nbytes - start) // page)
+    status = (ctypes.c_ubyte * pages)()
+    assert libc.mincore(ctypes.c_void_p(start), ctypes.c_size_t(pages * page), status) == 0
+    return sum(b & 1 for b in status) / pages
+
+
+@pytest.mark.skipif(not hasattr(os, "posix_fadvise") or not os.path.exists("/proc/self/status"), reason="Linux only")
+def test_embedding_pages_are_read_ahead_when_a_model_loads(tmp_path):
+    # Decoding reads one embedding row per token; a row whose page is not yet in memory would be a
+    # disk read in the middle of generation. load_weights asks the kernel for the whole table up front.
+    import time
+    from minillama.synthetic import write_random_checkpoint
+    write_random_checkpoint(tmp_path, dict(hidden_size=256, intermediate_size=512, num_hidden_layers=1,
+                                           num_attention_heads=4, num_key_value_heads=4, vocab_size=32000))
+    for name in os.listdir(tmp_path):  # evict the files from the page cache (clean pages; needs no privilege)
+        fd = os.open(tmp_path / name, os.O_RDONLY)
+        os.fsync(fd)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        os.close(fd)
+    model = minillama.load(tmp_path)
+    table = model.weights.embed_tokens  # 32 MiB, memory-mapped: more than one read-ahead call covers
+    assert isinstance(table.base, np.memmap)
+    deadline = time.time() + 5
+    while _resident_fraction(table) < 0.99 and time.time() < deadline:
+        time.sleep(0.05)
+    assert _resident_fraction(table) >= 0.99
