@@ -115,7 +115,8 @@ def attention(q, k, v, mask):
 
     q: (batch, heads, q_len, head_dim); k, v: (batch, kv_heads, k_len, head_dim),
     where kv_heads divides heads: query head h uses key/value head h // (heads // kv_heads).
-    mask: bool, broadcastable to (batch, 1, q_len, k_len), True where allowed.
+    mask: bool, broadcastable to (batch, 1, q_len, k_len), True where allowed; or None when every
+    query may see every key (one new token after a cache, no padding).
     Scores and softmax are float32 (or float64 when the input is). Returns
     (output (batch, heads, q_len, head_dim), probabilities (batch, heads, q_len, k_len)).
     """
@@ -131,9 +132,10 @@ def attention(q, k, v, mask):
     scores = xp.reshape(scores, (batch, heads, q_len, k_len))
     wide = xp.float64 if q.dtype == xp.float64 else xp.float32
     scores = xp.astype(scores, wide, copy=False)
-    # A masked score becomes the most negative number rather than -inf, so a row
-    # with nothing to attend to (a padding query) gives a uniform row, not NaN.
-    scores = xp.where(mask, scores, float(xp.finfo(wide).min))
+    if mask is not None:
+        # A masked score becomes the most negative number rather than -inf, so a row
+        # with nothing to attend to (a padding query) gives a uniform row, not NaN.
+        scores = xp.where(mask, scores, float(xp.finfo(wide).min))
     probs = xp.astype(softmax(scores, axis=-1), q.dtype, copy=False)  # (batch, heads, q_len, k_len)
 
     out = xp.reshape(probs, (batch, kv_heads, group * q_len, k_len)) @ v  # (batch, kv_heads, group * q_len, head_dim)

@@ -66,7 +66,9 @@ def _steps(model, ids, mask, max_new_tokens, sampling: Sampling, eos, pad, done,
     xp = model.xp
     rng = np.random.default_rng(sampling.seed)
     start = time.perf_counter()
-    logits = model(ids, attention_mask=mask, cache=cache, logits_to_keep=1).logits[:, -1, :]  # (batch, vocab)
+    # Without padding the mask is all ones: passing none lets the model count positions and skip masking.
+    padded = not mask.all()
+    logits = model(ids, attention_mask=mask if padded else None, cache=cache, logits_to_keep=1).logits[:, -1, :]
     out.prefill_tokens += int((mask[:, -ids.shape[1]:]).sum())
     step_start = time.perf_counter()
     out.prefill_seconds += step_start - start
@@ -89,7 +91,8 @@ def _steps(model, ids, mask, max_new_tokens, sampling: Sampling, eos, pad, done,
             yield tokens
             if done.all() or step == max_new_tokens - 1:
                 break
-            logits = model(tokens[:, None], attention_mask=mask, cache=cache, logits_to_keep=1).logits[:, -1, :]
+            logits = model(tokens[:, None], attention_mask=mask if padded else None, cache=cache,
+                           logits_to_keep=1).logits[:, -1, :]  # (batch, vocab)
     finally:
         out.decode_seconds += time.perf_counter() - step_start
 

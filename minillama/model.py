@@ -266,7 +266,9 @@ def _attention_normalised_late(q, k, v, mask):
     q = xp.reshape(q * head_dim ** -0.5, (batch, kv_heads, group * q_len, head_dim))
     scores = xp.reshape(q @ xp.matrix_transpose(k), (batch, heads, q_len, k_len))
     wide = xp.float64 if q.dtype == xp.float64 else xp.float32
-    scores = xp.where(mask, xp.astype(scores, wide, copy=False), float(xp.finfo(wide).min))
+    scores = xp.astype(scores, wide, copy=False)
+    if mask is not None:
+        scores = xp.where(mask, scores, float(xp.finfo(wide).min))
     scores -= xp.max(scores, axis=-1, keepdims=True)
     exps = xp.exp(scores)  # (batch, heads, q_len, k_len), not yet divided by the row sums
     # Sums of up to k_len values could overflow float16, so this product stays float32 (or float64).
@@ -369,7 +371,8 @@ def llama_forward(weights: Weights, config: LlamaConfig, input_ids, attention_ma
     seq_len = int(xp.max(position_ids)) + 1 if dynamic else None
     inv_freq = inverse_frequencies(config, xp, seq_len=seq_len)
     cos, sin = rope_cos_sin(position_ids, inv_freq, x.dtype)  # (batch, seq, head_dim)
-    mask = F.attention_mask(seq, past + seq, xp, attention_mask)  # (batch, 1, seq, past + seq)
+    # (batch, 1, seq, past + seq); one new token without padding sees every key, and needs no mask.
+    mask = None if seq == 1 and attention_mask is None else F.attention_mask(seq, past + seq, xp, attention_mask)
 
     hidden_states, attentions = [x] if output_hidden_states else None, [] if output_attentions else None
     for i in range(len(weights.layers)):

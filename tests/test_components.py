@@ -124,6 +124,19 @@ def test_blocked_attention_equals_plain_attention(backend, dtype, monkeypatch):
     np.testing.assert_allclose(blocked.transpose(0, 2, 1, 3)[real], plain.transpose(0, 2, 1, 3)[real], rtol=tol, atol=tol)
 
 
+def test_attention_without_a_mask_is_attention_with_every_key_visible(backend):
+    # One new token after a cache, no padding: the model passes no mask at all.
+    from minillama import model as M
+    q = rng.standard_normal((1, 8, 1, 8)).astype(np.float32)
+    k = rng.standard_normal((1, 2, 6, 8)).astype(np.float32)
+    v = rng.standard_normal((1, 2, 6, 8)).astype(np.float32)
+    xp, (qb, kb, vb) = on(backend, q, k, v)
+    everything = F.attention_mask(1, 6, xp)  # the last of 6 tokens sees all of them
+    for attend in (lambda m: F.attention(qb, kb, vb, m)[0], lambda m: M._attention_normalised_late(qb, kb, vb, m)):
+        np.testing.assert_allclose(to_numpy(attend(None)), to_numpy(attend(everything)), rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(to_numpy(F.attention(qb, kb, vb, None)[1]).sum(-1), 1.0, rtol=1e-6)
+
+
 def test_causal_mask_with_offset(backend):
     xp = get_namespace(backend)
     mask = to_numpy(F.attention_mask(2, 4, xp))[0, 0]  # the last 2 of 4 tokens ask
