@@ -496,9 +496,9 @@ class _LlamaBase:
             host = np.asarray(value)
             if host.dtype == np.bool_:
                 host = host.astype(np.int64)
-            if host.size and not np.issubdtype(host.dtype, np.integer):
+            if host.size and host.dtype.kind not in "iu":
                 raise ValueError(f"{name} must hold integers, got dtype {host.dtype}")
-            return to_backend(host.astype(np.int64), xp)
+            return to_backend(host.astype(np.int64, copy=False), xp)
         if namespace_of(value) is not xp:
             raise ValueError(f"{name} is an array of another backend than this model's ({self.backend})")
         if value.dtype == xp.bool:
