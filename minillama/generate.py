@@ -80,14 +80,16 @@ def _steps(model, ids, mask, max_new_tokens, sampling: Sampling, eos, pad, done,
             processed = process_logits(logits, to_backend(seen, xp) if penalise else None, sampling.temperature,
                                        sampling.top_k, sampling.top_p, sampling.min_p, sampling.repetition_penalty)
             tokens = np.where(done, pad, choose(processed, rng, greedy=sampling.temperature == 0))
-            out.decode_tokens += int((~done).sum())
+            live = np.flatnonzero(~done)  # rows still generating
+            out.decode_tokens += len(live)
             if penalise:
                 seen[np.arange(len(tokens)), tokens] = True
             out.sequences = np.concatenate([out.sequences, tokens[:, None]], axis=1)
-            mask = np.concatenate([mask, np.ones((len(tokens), 1), dtype=np.int64)], axis=1)
-            for row in np.flatnonzero(~done):
+            if padded:
+                mask = np.concatenate([mask, np.ones((len(tokens), 1), dtype=np.int64)], axis=1)
+            for row in live:
                 out.new_tokens[row].append(int(tokens[row]))
-            done |= np.isin(tokens, list(eos))
+            done |= [int(t) in eos for t in tokens]  # (np.isin costs 30 us a step)
             yield tokens
             if done.all() or step == max_new_tokens - 1:
                 break
