@@ -111,11 +111,12 @@ def test_convert_meta_round_trips_and_loads_in_transformers(tmp_path):
 
 
 def test_convert_refuses_a_non_empty_target(tmp_path):
-    pytest.importorskip("torch")
+    from minillama.synthetic import write_random_checkpoint
+    write_random_checkpoint(tmp_path / "source")  # a real checkpoint, so only the target can be refused
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "keep.txt").write_text("mine")
     with pytest.raises(FileExistsError, match="not empty"):
-        convert(STORIES if os.path.exists(STORIES) else str(tmp_path), str(tmp_path / "out"))
+        convert(str(tmp_path / "source"), str(tmp_path / "out"))
     assert os.listdir(tmp_path / "out") == ["keep.txt"]
 
 
