@@ -89,7 +89,7 @@ def _steps(model, ids, mask, max_new_tokens, sampling: Sampling, eos, pad, done,
                 mask = np.concatenate([mask, np.ones((len(tokens), 1), dtype=np.int64)], axis=1)
             for row in live:
                 out.new_tokens[row].append(int(tokens[row]))
-            done |= [int(t) in eos for t in tokens]  # (np.isin costs 30 us a step)
+            done |= [int(t) in eos for t in tokens]  # a set lookup: np.isin is slow for a few ids
             yield tokens
             if done.all() or step == max_new_tokens - 1:
                 break
