@@ -15,7 +15,8 @@ import time
 sys.path.insert(0, os.path.dirname(__file__))
 from forward_7b import GiB, MemorySampler  # noqa: E402
 
-from minillama.convert import _nbytes, convert  # noqa: E402
+from minillama.formats.convert import convert  # noqa: E402
+from minillama.formats.safetensors import nbytes as _nbytes  # noqa: E402
 from minillama.formats import open_checkpoint  # noqa: E402
 
 

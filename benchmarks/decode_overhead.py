@@ -36,7 +36,7 @@ def main():
 
     import minillama
     from minillama import functional as F
-    from minillama.generate import generate
+    from minillama.generation.generate import generate
     from speed import make_checkpoint  # benchmarks/speed.py, beside this file
 
     results = {}

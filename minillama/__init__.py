@@ -1,11 +1,23 @@
-"""minillama: Llama 2 inference as small, readable array functions on NumPy and CuPy."""
+"""minillama: Llama 2 inference as small, readable array functions on NumPy and CuPy.
+
+The package, by subpackage (docs/architecture.md has the map):
+
+* ``functional``: the lesson, one pure array function per component.
+* ``model``: the reference assembly (weights, forward pass, KV cache).
+* ``fast``: speed arrangements, drop-in replacements chosen once at load.
+* ``formats``: every checkpoint format, read safely; Hugging Face folders written.
+* ``tokenizer``: the Llama tokenizers with Hugging Face's interface; the BPE lesson.
+* ``generation``: sampling and the generation loop.
+* ``modeling``: the Hugging Face-style classes (``LlamaForCausalLM``, ...).
+"""
 
 from .backend import get_namespace, namespace_of, to_numpy
-from .checkpoint import CheckpointError
-from .config import ConfigError, LlamaConfig
-from .generate import GenerationOutput, generate, generate_text, stream_text
-from .tokenizer import LlamaTokenizer, LlamaTokenizerFast, TokenizerError
-from .model import (LlamaForCausalLM, LlamaForSequenceClassification, LlamaModel, LlamaOutput, llama_forward, load)
+from .config import LlamaConfig
+from .errors import CheckpointError, ConfigError, TokenizerError
+from .generation import GenerationOutput, generate, generate_text, stream_text
+from .modeling import LlamaForCausalLM, LlamaForSequenceClassification, LlamaModel, LlamaOutput, load
+from .model import llama_forward
+from .tokenizer import LlamaTokenizer, LlamaTokenizerFast
 
 __version__ = "0.1.0"
 

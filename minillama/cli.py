@@ -120,6 +120,9 @@ class _ProgressBar:
 
 def _load(args):
     from . import load
+    from .fast import tune_malloc
+    if args.backend != "cupy":
+        tune_malloc()  # keep freed temporaries for reuse (see fast.malloc); this process is ours
     return load(args.model, backend=args.backend, dtype=args.dtype, progress=_ProgressBar("loading weights"))
 
 
@@ -143,7 +146,7 @@ def _summary(stats) -> str:
 
 
 def _generate(args) -> None:
-    from .generate import GenerationOutput, stream_text
+    from .generation import GenerationOutput, stream_text
     if not args.prompt:
         raise ValueError("the prompt is empty: give some text to continue")
     tokenizer = _load_tokenizer(args.model)
@@ -160,7 +163,7 @@ def _generate(args) -> None:
 
 
 def _chat(args) -> None:
-    from .generate import GenerationOutput, stream_text
+    from .generation import GenerationOutput, stream_text
     tokenizer = _load_tokenizer(args.model)
     model = _load(args)
     context = min(args.context, model.config.max_position_embeddings)
@@ -218,13 +221,13 @@ class _TensorProgress:
 
 def _make_synthetic(args) -> None:
     from .config import LlamaConfig
-    from .convert import _nbytes
-    from .synthetic import LLAMA2_7B_CONFIG, RandomTensor, tensor_shapes, write_random_checkpoint
+    from .formats.safetensors import nbytes
+    from .formats.synthetic import LLAMA2_7B_CONFIG, RandomTensor, tensor_shapes, write_random_checkpoint
     if args.shards < 1:
         raise ValueError("--shards must be at least 1")
     config = LlamaConfig(**LLAMA2_7B_CONFIG)
     shapes = tensor_shapes(config)
-    sizes = [_nbytes(RandomTensor(n, s, args.dtype, 0)) for n, s in shapes.items()]
+    sizes = [nbytes(RandomTensor(n, s, args.dtype, 0)) for n, s in shapes.items()]
     total = sum(sizes)
     start = time.perf_counter()
     # Each shard but the last fills past total/shards by less than one tensor: exactly --shards files.
@@ -236,8 +239,8 @@ def _make_synthetic(args) -> None:
 
 
 def _convert(args) -> None:
-    from .convert import convert
     from .formats import open_checkpoint
+    from .formats.convert import convert
     if args.max_shard_size <= 0:
         raise ValueError("--max-shard-size must be positive")
     _, tensors, fmt = open_checkpoint(args.src)
@@ -246,12 +249,12 @@ def _convert(args) -> None:
 
 
 def _inspect(args) -> None:
-    from .report import describe
+    from .formats.report import describe
     print(describe(args.path, args.context))
 
 
 def _make_tiny(args) -> None:
-    from .synthetic import write_random_checkpoint
+    from .formats.synthetic import write_random_checkpoint
     config = write_random_checkpoint(args.out, seed=args.seed, dtype=args.dtype, tokenizer=True)
     print(f"wrote a random {config.num_hidden_layers}-layer Llama (hidden {config.hidden_size}, "
           f"vocab {config.vocab_size}) with a stand-in tokenizer to {args.out}")

@@ -10,9 +10,11 @@ and names the one that is wrong.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from dataclasses import dataclass, field
+
+from .errors import ConfigError
+from .files import read_json_object
 
 # The rope scaling types minillama implements, with the keys each one needs.
 ROPE_SCALING_KEYS = {
@@ -20,10 +22,6 @@ ROPE_SCALING_KEYS = {
     "dynamic": ("factor",),
     "llama3": ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings"),
 }
-
-
-class ConfigError(ValueError):
-    """A config field is missing, of the wrong type or out of range."""
 
 
 @dataclass
@@ -156,20 +154,6 @@ class LlamaConfig:
         if self.rope_scaling is not None:
             self.rope_scaling = {k: float(v) if _is_number(v) and not isinstance(v, int) else v
                                  for k, v in self.rope_scaling.items()}
-
-
-def read_json_object(path: str, error=ValueError) -> dict:
-    """A JSON file holding an object; a missing file or bad JSON is an error naming the file."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            raw = json.load(f)
-    except FileNotFoundError:
-        raise FileNotFoundError(f"file not found: {path}") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as problem:
-        raise error(f"{path}: not valid JSON ({problem})") from None
-    if not isinstance(raw, dict):
-        raise error(f"{path}: expected a JSON object, got {type(raw).__name__}")
-    return raw
 
 
 def _normalise_rope_scaling(scaling, source: str) -> dict | None:

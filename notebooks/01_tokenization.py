@@ -15,7 +15,7 @@
 #
 # Llama 2 reads token ids, not characters. Its tokenizer is a sentencepiece **BPE** model of
 # 32,000 pieces. This notebook uses sentencepiece through `minillama.LlamaTokenizer`, then repeats
-# the encoding step by step with `minillama.bpe.BPETokenizer`, a readable Python version that
+# the encoding step by step with `minillama.tokenizer.bpe.BPETokenizer`, a readable Python version that
 # gives the same ids.
 #
 # **Which tokenizer.** The real Llama 2 `tokenizer.model` when it is found (`MINILLAMA_TOKENIZER`,
@@ -26,7 +26,7 @@
 import os
 
 import minillama
-from minillama.bpe import BPETokenizer
+from minillama.tokenizer.bpe import BPETokenizer
 from _setup import SHARED_TOKENIZER, stand_in
 
 path = os.environ.get("MINILLAMA_TOKENIZER") or (os.path.join(os.environ["MINILLAMA_MODEL"], "tokenizer.model")
@@ -77,7 +77,7 @@ while True:
     if step <= 6:
         print(f"merge {step}: {symbols[i]!r} (score {score:.1f}) -> {symbols}")
 print(f"... {step} merges in all ->", symbols)
-assert symbols == bpe.merge(normalised)  # the fast version in minillama.bpe does the same
+assert symbols == bpe.merge(normalised)  # the fast version in minillama.tokenizer.bpe does the same
 
 # %% [markdown]
 # **3. Ids, with byte fallback**: a symbol that is not a piece (the llama emoji) becomes its UTF-8

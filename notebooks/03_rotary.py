@@ -25,7 +25,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from minillama import LlamaConfig, get_namespace
-from minillama.rope import apply_rotary, apply_rotary_interleaved, inverse_frequencies, rope_cos_sin
+from minillama.functional.rope import apply_rotary, apply_rotary_interleaved, inverse_frequencies, rope_cos_sin
 from _setup import save
 
 xp = get_namespace("numpy")

@@ -35,8 +35,9 @@ import numpy as np
 
 import minillama
 from minillama import functional as F
-from minillama.model import decoder_layer, positions_from_mask
-from minillama.rope import apply_rotary, inverse_frequencies, rope_cos_sin
+from minillama.functional import positions_from_mask
+from minillama.model import decoder_layer
+from minillama.functional.rope import apply_rotary, inverse_frequencies, rope_cos_sin
 from _setup import pick_model, pick_tokenizer, save
 
 MODEL, DESCRIPTION = pick_model(layers=4)

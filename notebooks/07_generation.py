@@ -25,7 +25,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 import minillama
-from minillama import sampling as S
+from minillama.generation import sampling as S
 from _setup import pick_model, pick_tokenizer, save
 
 logits = np.log(np.array([[0.30, 0.20, 0.14, 0.10, 0.08, 0.06, 0.05, 0.04, 0.02, 0.01]], dtype=np.float32))

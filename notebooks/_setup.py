@@ -17,7 +17,7 @@ FIGURES = os.environ.get("MINILLAMA_FIGURES", os.path.join(HERE, "..", "docs", "
 
 def stand_in(layers: int = 4) -> str:
     """A small random Llama checkpoint with a stand-in tokenizer, written to a temporary folder."""
-    from minillama.synthetic import write_random_checkpoint
+    from minillama.formats.synthetic import write_random_checkpoint
     folder = os.path.join(tempfile.mkdtemp(prefix="minillama-stand-in-"), "model")
     write_random_checkpoint(folder, dict(num_hidden_layers=layers), seed=0, tokenizer=True)
     return folder

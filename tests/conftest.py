@@ -87,7 +87,7 @@ def torch_forward(model, ids, **kwargs):
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     """A small random checkpoint written with NumPy alone (no torch needed): 4 layers, 8 heads, 4 KV heads."""
-    from minillama.synthetic import write_random_checkpoint
+    from minillama.formats.synthetic import write_random_checkpoint
     folder = tmp_path_factory.mktemp("tiny")
     write_random_checkpoint(folder)
     return folder

@@ -10,7 +10,7 @@ import pytest
 from minillama import functional as F
 from minillama.backend import get_namespace, to_numpy
 from minillama.config import LlamaConfig
-from minillama.rope import (apply_rotary, apply_rotary_interleaved, inverse_frequencies, rope_cos_sin)
+from minillama.functional.rope import (apply_rotary, apply_rotary_interleaved, inverse_frequencies, rope_cos_sin)
 
 rng = np.random.default_rng(0)
 
@@ -98,43 +98,6 @@ def test_grouped_query_attention(backend, heads, kv_heads):
     expected_out, expected_probs = reference_attention(q, k, v, to_numpy(mask))
     np.testing.assert_allclose(to_numpy(out), expected_out, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(to_numpy(probs), expected_probs, rtol=1e-5, atol=1e-6)
-
-
-@pytest.mark.parametrize("dtype", ["float32", "float16"])
-def test_blocked_attention_equals_plain_attention(backend, dtype, monkeypatch):
-    # The model's speed arrangement for long prompts (blocks of queries, late normalisation)
-    # against the component: GQA, a padded row, cached keys before the queries, a last short block.
-    from minillama import model as M
-    if dtype == "float16" and backend == "strict":
-        pytest.skip("the Array API standard has no float16")
-    monkeypatch.setattr(M, "QUERY_BLOCK", 4)
-    q = rng.standard_normal((2, 8, 10, 8)).astype(dtype)
-    k = rng.standard_normal((2, 2, 13, 8)).astype(dtype)
-    v = rng.standard_normal((2, 2, 13, 8)).astype(dtype)
-    padding = np.ones((2, 13), dtype=np.int64)
-    padding[1, :5] = 0  # row 1 is left-padded: its first two queries see no key at all
-    xp, (qb, kb, vb, pb) = on(backend, q, k, v, padding)
-    mask = F.attention_mask(10, 13, xp, pb)
-    blocked = M.causal_attention_in_blocks(qb, kb, vb, mask)
-    plain, _ = F.attention(qb, kb, vb, mask)
-    assert blocked.dtype == plain.dtype == (xp.float16 if dtype == "float16" else xp.float32)
-    real = padding[:, 3:] == 1  # (batch, q_len) queries that are tokens; a padding query's uniform row
-    tol = 2e-3 if dtype == "float16" else 1e-6  # spans the keys its block was given, so it differs
-    blocked, plain = to_numpy(blocked).astype(np.float32), to_numpy(plain).astype(np.float32)
-    np.testing.assert_allclose(blocked.transpose(0, 2, 1, 3)[real], plain.transpose(0, 2, 1, 3)[real], rtol=tol, atol=tol)
-
-
-def test_attention_without_a_mask_is_attention_with_every_key_visible(backend):
-    # One new token after a cache, no padding: the model passes no mask at all.
-    from minillama import model as M
-    q = rng.standard_normal((1, 8, 1, 8)).astype(np.float32)
-    k = rng.standard_normal((1, 2, 6, 8)).astype(np.float32)
-    v = rng.standard_normal((1, 2, 6, 8)).astype(np.float32)
-    xp, (qb, kb, vb) = on(backend, q, k, v)
-    everything = F.attention_mask(1, 6, xp)  # the last of 6 tokens sees all of them
-    for attend in (lambda m: F.attention(qb, kb, vb, m)[0], lambda m: M._attention_normalised_late(qb, kb, vb, m)):
-        np.testing.assert_allclose(to_numpy(attend(None)), to_numpy(attend(everything)), rtol=1e-6, atol=1e-6)
-    np.testing.assert_allclose(to_numpy(F.attention(qb, kb, vb, None)[1]).sum(-1), 1.0, rtol=1e-6)
 
 
 def test_causal_mask_with_offset(backend):

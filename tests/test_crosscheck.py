@@ -172,7 +172,7 @@ def test_pretraining_tp_agrees_with_unsliced(tmp_path, backend):
 
 def test_long_padded_prompt_uses_blocked_attention_and_matches(tmp_path, backend):
     # Prompts longer than QUERY_BLOCK take the blocked path; attention weights requested take the plain one.
-    from minillama.model import QUERY_BLOCK
+    from minillama.fast.attention import QUERY_BLOCK
     reference = make_hf_checkpoint(tmp_path, num_key_value_heads=2, max_position_embeddings=1024)
     seq = 2 * QUERY_BLOCK + 45
     ids = random_ids(96, 2, seq, seed=3)

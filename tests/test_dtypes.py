@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 
 import minillama
-import minillama.checkpoint
+import minillama.formats.hf
 from minillama import functional as F
 from minillama.backend import get_namespace
-from minillama.rope import apply_rotary, inverse_frequencies, rope_cos_sin
-from minillama.synthetic import write_random_checkpoint
+from minillama.functional.rope import apply_rotary, inverse_frequencies, rope_cos_sin
+from minillama.formats.synthetic import write_random_checkpoint
 
 
 def test_forward_outputs_stay_float32(tiny, backend):
@@ -65,7 +65,7 @@ def test_float32_checkpoint_is_not_held_twice(tiny):
     assert np.shares_memory(layer.q_proj, layer.qkv_proj) and np.shares_memory(layer.v_proj, layer.qkv_proj)
     assert np.shares_memory(layer.up_proj, layer.gate_up_proj)
     assert model.num_parameters() == sum(int(np.prod(t.shape)) for t in
-                                         minillama.checkpoint.read_hf_checkpoint(tiny).values())
+                                         minillama.formats.hf.read_hf_checkpoint(tiny).values())
 
 
 @pytest.mark.parametrize("stored", ["float16", "float32"])

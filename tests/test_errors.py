@@ -12,8 +12,8 @@ from safetensors.numpy import load_file, save_file
 
 import minillama
 from minillama import CheckpointError, ConfigError, LlamaConfig
-from minillama.checkpoint import read_safetensors
-from minillama.synthetic import write_random_checkpoint
+from minillama.formats.safetensors import read_safetensors
+from minillama.formats.synthetic import write_random_checkpoint
 
 
 def copy_of(tiny, tmp_path):

@@ -13,10 +13,12 @@ import numpy as np
 import pytest
 
 import minillama
-from minillama.checkpoint import CheckpointError, read_hf_checkpoint, rotate_half_to_interleaved
-from minillama.convert import convert
-from minillama.meta import meta_intermediate_size
-from minillama.pth import read_pth
+from minillama.errors import CheckpointError
+from minillama.formats.hf import read_hf_checkpoint
+from minillama.formats.tensors import rotate_half_to_interleaved
+from minillama.formats.convert import convert
+from minillama.formats.meta import meta_intermediate_size
+from minillama.formats.pth import read_pth
 from conftest import SHARED
 
 STORIES = os.path.join(SHARED, "models", "stories260K", "stories260K.bin")
@@ -111,7 +113,7 @@ def test_convert_meta_round_trips_and_loads_in_transformers(tmp_path):
 
 
 def test_convert_refuses_a_non_empty_target(tmp_path):
-    from minillama.synthetic import write_random_checkpoint
+    from minillama.formats.synthetic import write_random_checkpoint
     write_random_checkpoint(tmp_path / "source")  # a real checkpoint, so only the target can be refused
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "keep.txt").write_text("mine")
@@ -238,7 +240,7 @@ def test_stories260k_converted_matches_transformers(tmp_path):
 def test_llama2c_version1_file_reads_the_same(tmp_path):
     model = minillama.load(STORIES)
     c, w = model.config, model.weights
-    from minillama.checkpoint import rotate_half_to_interleaved as back
+    from minillama.formats.tensors import rotate_half_to_interleaved as back
     header = np.array([0x616B3432, 1, c.hidden_size, c.intermediate_size, c.num_hidden_layers,
                        c.num_attention_heads, c.num_key_value_heads, c.vocab_size, c.max_position_embeddings],
                       dtype=np.uint32).tobytes() + b"\x01"
@@ -270,7 +272,7 @@ def test_llama2c_tokenizer_bin_matches_sentencepiece(tmp_path):
     if not os.path.exists(model_path):
         pytest.skip("../shared/models/llama2-tokenizer is absent")
     import sentencepiece
-    from minillama.llama2c import read_llama2c_tokenizer
+    from minillama.formats.llama2c import read_llama2c_tokenizer
     from tokenizer_corpus import corpus
     sp = sentencepiece.SentencePieceProcessor(model_file=model_path)
     tokens = []
@@ -329,7 +331,8 @@ def test_cli_refuses_a_malicious_pth(tmp_path):
 
 
 def test_synthetic_checkpoint_has_real_names_and_shards(tmp_path):
-    from minillama.synthetic import write_random_checkpoint, tensor_shapes
+    from minillama.formats.names import tensor_shapes
+    from minillama.formats.synthetic import write_random_checkpoint
     config = write_random_checkpoint(tmp_path / "s", dict(num_hidden_layers=3), dtype="float16", max_shard_bytes=150_000)
     tensors = read_hf_checkpoint(tmp_path / "s")
     assert set(tensors) == set(tensor_shapes(config)) and {t.dtype for t in tensors.values()} == {"F16"}
@@ -356,7 +359,7 @@ def test_embedding_pages_are_read_ahead_when_a_model_loads(tmp_path):
     # Decoding reads one embedding row per token; a row whose page is not yet in memory would be a
     # disk read in the middle of generation. load_weights asks the kernel for the whole table up front.
     import time
-    from minillama.synthetic import write_random_checkpoint
+    from minillama.formats.synthetic import write_random_checkpoint
     write_random_checkpoint(tmp_path, dict(hidden_size=256, intermediate_size=512, num_hidden_layers=1,
                                            num_attention_heads=4, num_key_value_heads=4, vocab_size=32000))
     for name in os.listdir(tmp_path):  # evict the files from the page cache (clean pages; needs no privilege)

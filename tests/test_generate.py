@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 import minillama
-from minillama import sampling as S
+from minillama.generation import sampling as S
 from minillama.backend import get_namespace, to_numpy
-from minillama.generate import generate
+from minillama.generation.generate import generate
 
 
 def test_cached_logits_equal_recomputed_at_every_step(tiny, backend):

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 import minillama
-from minillama.generate import GenerationOutput, generate, generate_text, stream_text
-from minillama.synthetic import write_random_checkpoint
+from minillama.generation.generate import GenerationOutput, generate, generate_text, stream_text
+from minillama.formats.synthetic import write_random_checkpoint
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ from hypothesis import given, settings, strategies as st
 
 from conftest import SHARED
 from tokenizer_corpus import corpus
-from minillama.bpe import BPETokenizer
+from minillama.tokenizer.bpe import BPETokenizer
 from minillama.tokenizer import LlamaTokenizer, TokenizerError
 
 MODEL = os.path.join(SHARED, "models", "llama2-tokenizer", "tokenizer.model")

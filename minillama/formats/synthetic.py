@@ -15,7 +15,8 @@ import tempfile
 
 import numpy as np
 
-from .config import LlamaConfig
+from ..config import LlamaConfig
+from .names import tensor_shapes
 
 # Llama-2-7B's shape (the real config.json's values), for tests and benchmarks of scale.
 LLAMA2_7B_CONFIG = dict(vocab_size=32000, hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,
@@ -58,36 +59,6 @@ def write_tiny_tokenizer(path, vocab_size: int = 512) -> int:
     return sentencepiece.SentencePieceProcessor(model_proto=model.getvalue()).get_piece_size()
 
 
-def tensor_shapes(config: LlamaConfig) -> dict[str, tuple]:
-    """Every tensor of a LlamaForCausalLM checkpoint with this config, in file order."""
-    c = config
-    q, kv = c.num_attention_heads * c.head_dim, c.num_key_value_heads * c.head_dim
-    shapes = {"model.embed_tokens.weight": (c.vocab_size, c.hidden_size)}
-    for i in range(c.num_hidden_layers):
-        p = f"model.layers.{i}."
-        shapes.update({
-            p + "input_layernorm.weight": (c.hidden_size,),
-            p + "self_attn.q_proj.weight": (q, c.hidden_size),
-            p + "self_attn.k_proj.weight": (kv, c.hidden_size),
-            p + "self_attn.v_proj.weight": (kv, c.hidden_size),
-            p + "self_attn.o_proj.weight": (c.hidden_size, q),
-            p + "post_attention_layernorm.weight": (c.hidden_size,),
-            p + "mlp.gate_proj.weight": (c.intermediate_size, c.hidden_size),
-            p + "mlp.up_proj.weight": (c.intermediate_size, c.hidden_size),
-            p + "mlp.down_proj.weight": (c.hidden_size, c.intermediate_size),
-        })
-        if c.attention_bias:
-            shapes.update({p + "self_attn.q_proj.bias": (q,), p + "self_attn.k_proj.bias": (kv,),
-                           p + "self_attn.v_proj.bias": (kv,), p + "self_attn.o_proj.bias": (c.hidden_size,)})
-        if c.mlp_bias:
-            shapes.update({p + "mlp.gate_proj.bias": (c.intermediate_size,), p + "mlp.up_proj.bias": (c.intermediate_size,),
-                           p + "mlp.down_proj.bias": (c.hidden_size,)})
-    shapes["model.norm.weight"] = (c.hidden_size,)
-    if not c.tie_word_embeddings:
-        shapes["lm_head.weight"] = (c.vocab_size, c.hidden_size)
-    return shapes
-
-
 def random_tensor(name: str, shape: tuple, rng: np.random.Generator, dtype) -> np.ndarray:
     """Norm gains near 1, biases small, matrices of variance 1/fan_in so activations stay O(1).
 
@@ -128,7 +99,7 @@ def write_random_checkpoint(folder, config: LlamaConfig | dict | None = None, dt
     safetensors shards (with an index when there is more than one). tokenizer=True also
     trains a small stand-in ``tokenizer.model`` and sizes the vocabulary to it.
     """
-    from .convert import write_hf_folder
+    from .hf import write_hf_folder
     if dtype not in ("float32", "float16"):
         raise ValueError(f"dtype must be 'float32' or 'float16', got {dtype!r}")
     folder = os.fspath(folder)

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 
-from .backend import namespace_of
+from ..backend import namespace_of
 
 
 def inverse_frequencies(config, xp, seq_len: int | None = None):
@@ -63,6 +63,16 @@ def _llama3_scaling(inv_freq, scaling, xp):
     smooth = (old_context / wavelength - low) / (high - low)  # 0 at the slow end, 1 at the fast end
     blended = (1 - smooth) * inv_freq / factor + smooth * inv_freq
     return xp.where(slow, inv_freq / factor, xp.where(fast, inv_freq, blended))
+
+
+def positions_from_mask(padding_mask):
+    """Position of each token counting only real tokens, so left padding does not shift them.
+
+    padding_mask: (batch, seq) of 1 (token) / 0 (padding) -> (batch, seq) int64; padding gets position 0.
+    """
+    xp = namespace_of(padding_mask)
+    real = xp.astype(padding_mask != 0, xp.int64)
+    return xp.maximum(xp.cumulative_sum(real, axis=1) - 1, 0)
 
 
 def rope_cos_sin(position_ids, inv_freq, dtype):

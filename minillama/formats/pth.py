@@ -21,7 +21,8 @@ import zipfile
 
 import numpy as np
 
-from .checkpoint import CheckpointError, StoredTensor
+from ..errors import CheckpointError
+from .tensors import StoredTensor
 
 # torch storage class -> (safetensors-style dtype name, NumPy dtype of the stored bytes)
 STORAGE_DTYPES = {

@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .backend import to_backend, to_numpy
-from .sampling import check_sampling_args, choose, process_logits, tokens_seen
+from ..backend import to_backend, to_numpy
+from .sampling import Sampling, choose, process_logits, tokens_seen
 
 
 @dataclass
@@ -40,24 +40,6 @@ class GenerationOutput:
     @property
     def decode_tokens_per_second(self) -> float:
         return self.decode_tokens / self.decode_seconds if self.decode_seconds else float("nan")
-
-
-@dataclass
-class Sampling:
-    """How to pick each token; temperature 0 is greedy."""
-
-    temperature: float = 0.0
-    top_k: int = 0
-    top_p: float = 1.0
-    min_p: float = 0.0
-    repetition_penalty: float = 1.0
-    seed: int | None = None
-
-    def __post_init__(self):
-        check_sampling_args(self.temperature, self.top_k, self.top_p, self.min_p, self.repetition_penalty)
-        # Plain Python numbers, so a NumPy float64 argument cannot upcast float32 logits.
-        self.temperature, self.top_p, self.min_p = float(self.temperature), float(self.top_p), float(self.min_p)
-        self.repetition_penalty, self.top_k = float(self.repetition_penalty), int(self.top_k)
 
 
 def _steps(model, ids, mask, max_new_tokens, sampling: Sampling, eos, pad, done, out, cache, history):

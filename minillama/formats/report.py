@@ -5,8 +5,8 @@ from __future__ import annotations
 import math
 from collections import Counter
 
-from .convert import _nbytes
-from .formats import open_checkpoint
+from .detect import open_checkpoint
+from .safetensors import nbytes
 
 GiB = 2**30
 
@@ -57,7 +57,7 @@ def describe(path, context: int = 4096) -> str:
     params = sum(math.prod(t.shape) for t in tensors.values())
     by_dtype = Counter()
     for t in tensors.values():
-        by_dtype[t.dtype] += _nbytes(t)
+        by_dtype[t.dtype] += nbytes(t)
     lines = [
         f"path:        {path}",
         f"format:      {dict(hf='Hugging Face (config.json + safetensors)', meta='Meta (params.json + consolidated.*.pth)', llama2c='llama2.c (.bin)')[fmt]}",

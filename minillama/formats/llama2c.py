@@ -22,9 +22,10 @@ import struct
 
 import numpy as np
 
-from .bpe import BPETokenizer, BYTE, CONTROL, NORMAL, SPACE, UNKNOWN, SentencePieceModel
-from .checkpoint import CheckpointError, DerivedTensor, StoredTensor
-from .config import LlamaConfig
+from ..config import LlamaConfig
+from ..errors import CheckpointError
+from ..tokenizer.bpe import BPETokenizer, BYTE, CONTROL, NORMAL, SPACE, UNKNOWN, SentencePieceModel
+from .tensors import DerivedTensor, StoredTensor
 
 MAGIC = 0x616B3432  # "ak42" little-endian
 

@@ -13,11 +13,12 @@ entry, to the device each step).
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 
-from .backend import namespace_of, to_numpy
-from .functional import softmax
+from ..backend import namespace_of, to_numpy
+from ..functional import softmax
 
 NEG_INF = -math.inf
 
@@ -120,3 +121,21 @@ def choose(logits, rng: np.random.Generator | None, greedy: bool) -> np.ndarray:
     probs = np.exp(rows - rows.max(axis=-1, keepdims=True))
     probs /= probs.sum(axis=-1, keepdims=True)
     return np.array([rng.choice(probs.shape[-1], p=row) for row in probs], dtype=np.int64)
+
+
+@dataclass
+class Sampling:
+    """How to pick each token; temperature 0 is greedy."""
+
+    temperature: float = 0.0
+    top_k: int = 0
+    top_p: float = 1.0
+    min_p: float = 0.0
+    repetition_penalty: float = 1.0
+    seed: int | None = None
+
+    def __post_init__(self):
+        check_sampling_args(self.temperature, self.top_k, self.top_p, self.min_p, self.repetition_penalty)
+        # Plain Python numbers, so a NumPy float64 argument cannot upcast float32 logits.
+        self.temperature, self.top_p, self.min_p = float(self.temperature), float(self.top_p), float(self.min_p)
+        self.repetition_penalty, self.top_k = float(self.repetition_penalty), int(self.top_k)

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import os
 
-from .checkpoint import CheckpointError, read_hf_checkpoint
-from .config import LlamaConfig
+from ..config import LlamaConfig
+from ..errors import CheckpointError
+from .hf import read_hf_checkpoint
 
 FORMATS = ("hf", "meta", "llama2c")
 

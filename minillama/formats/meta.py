@@ -18,8 +18,10 @@ from __future__ import annotations
 import glob
 import os
 
-from .checkpoint import CheckpointError, DerivedTensor
-from .config import LlamaConfig, read_json_object
+from ..config import LlamaConfig
+from ..errors import CheckpointError
+from ..files import read_json_object
+from .tensors import DerivedTensor
 from .pth import read_pth
 
 # Meta name (inside layers.{i}.) -> (HF name, axis the shards were split along; None = replicated)

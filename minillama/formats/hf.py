@@ -1,28 +1,63 @@
-"""Writing Hugging Face checkpoint folders, one tensor at a time.
+"""Hugging Face checkpoint folders: ``config.json`` and safetensors weights, one file or sharded.
 
-``convert`` turns a Meta folder or a llama2.c ``.bin`` into a Hugging Face folder
-(``config.json``, safetensors shards with ``model.safetensors.index.json``, the
-tokenizer). Every tensor is read, merged and permuted on its own and written
-straight to its shard, so memory holds about one tensor at a time (Hugging Face's
-own script holds the whole model). The folder is written under a temporary name
-and renamed when complete: an interrupted conversion leaves nothing half-written
-under the name you asked for.
+Reading indexes every tensor without loading anything (each is a view of a memory-mapped
+file). Writing goes tensor by tensor into shards with an index, atomically: the folder is
+written under a temporary name and renamed when complete, so an interrupted write leaves
+nothing half-written under the name asked for.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import os
 import shutil
-import struct
 import tempfile
 
-import numpy as np
-
-from .formats import open_checkpoint
+from ..errors import CheckpointError
+from .safetensors import nbytes, read_safetensors, write_safetensors
+from .tensors import StoredTensor
 
 DTYPE_NAMES = {"F32": "float32", "F16": "float16", "BF16": "bfloat16", "F64": "float64"}
+
+
+def read_hf_checkpoint(folder: str | os.PathLike) -> dict[str, StoredTensor]:
+    """Index every tensor of a Hugging Face checkpoint folder.
+
+    Reads ``model.safetensors``, or the shards listed in ``model.safetensors.index.json``.
+    Nothing is loaded into memory: each tensor is a view of a memory-mapped file.
+    """
+    folder = os.fspath(folder)
+    if not os.path.isdir(folder):
+        raise CheckpointError(f"checkpoint folder not found: {folder}")
+    index_path = os.path.join(folder, "model.safetensors.index.json")
+    single_path = os.path.join(folder, "model.safetensors")
+    if os.path.exists(index_path):
+        return _read_sharded(folder, index_path)
+    if os.path.exists(single_path):
+        return read_safetensors(single_path)
+    pickles = [n for n in ("pytorch_model.bin", "pytorch_model.bin.index.json") if os.path.exists(os.path.join(folder, n))]
+    if pickles:
+        raise CheckpointError(f"{folder}: has only PyTorch pickle weights ({pickles[0]}); minillama reads safetensors, "
+                              "which cannot run code when loaded. Re-save the model with safe_serialization=True.")
+    raise CheckpointError(f"{folder}: no weights found (expected model.safetensors or model.safetensors.index.json)")
+
+
+def _read_sharded(folder: str, index_path: str) -> dict[str, StoredTensor]:
+    try:
+        with open(index_path, encoding="utf-8") as f:
+            weight_map = json.load(f)["weight_map"]
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as error:
+        raise CheckpointError(f"{index_path}: not a valid safetensors index ({error!r})") from None
+    tensors = {}
+    for shard in sorted(set(weight_map.values())):
+        shard_path = os.path.join(folder, shard)
+        if not os.path.exists(shard_path):
+            raise CheckpointError(f"{index_path}: names shard {shard!r}, which is missing from {folder}")
+        tensors.update(read_safetensors(shard_path))
+    for name, shard in weight_map.items():
+        if name not in tensors:
+            raise CheckpointError(f"{index_path}: says tensor {name!r} is in {shard!r}, but it is not there")
+    return tensors
 
 
 def hf_order(config, names) -> list[str]:
@@ -34,36 +69,6 @@ def hf_order(config, names) -> list[str]:
             return (1, int(name.split(".")[2]), name)
         return (2, 0 if name.startswith("model.norm") else 1, name)
     return sorted(names, key=key)
-
-
-def write_safetensors(path: str, names: list[str], tensors: dict, progress=None) -> None:
-    """Write ``names`` from ``tensors`` (lazy, with .raw()) to one safetensors file, tensor by tensor."""
-    header, offset = {}, 0
-    for name in names:
-        t = tensors[name]
-        nbytes = _nbytes(t)
-        header[name] = {"dtype": t.dtype, "shape": list(t.shape), "data_offsets": [offset, offset + nbytes]}
-        offset += nbytes
-    header["__metadata__"] = {"format": "pt"}
-    encoded = json.dumps(header, separators=(",", ":")).encode("utf-8")
-    encoded += b" " * (-len(encoded) % 8)  # align the data to 8 bytes
-    with open(path, "wb") as f:
-        f.write(struct.pack("<Q", len(encoded)))
-        f.write(encoded)
-        for name in names:
-            array = np.ascontiguousarray(tensors[name].raw())
-            if list(array.shape) != header[name]["shape"]:
-                raise ValueError(f"tensor {name!r} produced shape {array.shape}, expected {header[name]['shape']}")
-            f.write(memoryview(array).cast("B"))
-            if progress is not None:
-                progress(name)
-
-
-_ITEMSIZE = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1}
-
-
-def _nbytes(tensor) -> int:
-    return math.prod(tensor.shape) * _ITEMSIZE[tensor.dtype]
 
 
 def write_hf_folder(config, tensors: dict, out: str, max_shard_bytes: int = 5 * 2**30, tokenizer_path: str | None = None,
@@ -79,19 +84,19 @@ def write_hf_folder(config, tensors: dict, out: str, max_shard_bytes: int = 5 * 
         names = hf_order(config, tensors)
         shards, current, size = [], [], 0
         for name in names:
-            nbytes = _nbytes(tensors[name])
-            if current and size + nbytes > max_shard_bytes:
+            size_of = nbytes(tensors[name])
+            if current and size + size_of > max_shard_bytes:
                 shards.append(current)
                 current, size = [], 0
             current.append(name)
-            size += nbytes
+            size += size_of
         shards.append(current)
         files = ["model.safetensors"] if len(shards) == 1 else \
             [f"model-{i:05d}-of-{len(shards):05d}.safetensors" for i in range(1, len(shards) + 1)]
         for file_name, shard in zip(files, shards):
             write_safetensors(os.path.join(work, file_name), shard, tensors, progress)
         if len(shards) > 1:
-            index = {"metadata": {"total_size": sum(_nbytes(t) for t in tensors.values())},
+            index = {"metadata": {"total_size": sum(nbytes(t) for t in tensors.values())},
                      "weight_map": {n: f for f, shard in zip(files, shards) for n in shard}}
             with open(os.path.join(work, "model.safetensors.index.json"), "w", encoding="utf-8") as f:
                 json.dump(index, f, indent=2)
@@ -114,12 +119,3 @@ def write_hf_folder(config, tensors: dict, out: str, max_shard_bytes: int = 5 * 
         shutil.rmtree(work, ignore_errors=True)
         raise
     return files
-
-
-def convert(src: str, out: str, max_shard_bytes: int = 5 * 2**30, progress=None) -> list[str]:
-    """Convert a Meta folder or a llama2.c .bin (or re-shard an HF folder) into a Hugging Face folder."""
-    config, tensors, fmt = open_checkpoint(src)
-    folder = src if os.path.isdir(src) else os.path.dirname(src)
-    tokenizer = os.path.join(folder, "tokenizer.model")
-    return write_hf_folder(config, tensors, out, max_shard_bytes,
-                           tokenizer if os.path.exists(tokenizer) else None, progress)

@@ -1,0 +1,258 @@
+"""The classes users call, mirroring Hugging Face's: ``LlamaModel``, ``LlamaForCausalLM``,
+``LlamaForSequenceClassification``, and ``load``.
+
+Each holds a config, its weights and an assembly (``minillama.fast``: which functions compute
+each block, chosen once at load), and runs :func:`minillama.model.llama_forward`.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import numpy as np
+
+from . import functional as F
+from .backend import get_dtype, get_namespace, namespace_of, to_backend
+from .config import LlamaConfig
+from .fast import assembly_for
+from .formats import detect_format, open_checkpoint
+from .model import KVCache, Weights, last_token_index, llama_forward, load_weights, state_dict_names
+
+COMPUTE_DTYPES = ("float32", "float64", "float16")
+
+
+@dataclass
+class LlamaOutput:
+    """What a forward pass returns; arrays live on the model's backend."""
+
+    logits: object = None  # (batch, seq, vocab), or (batch, num_labels) for classification
+    last_hidden_state: object = None  # (batch, seq, hidden)
+    hidden_states: tuple | None = None  # num_hidden_layers + 1 arrays of (batch, seq, hidden)
+    attentions: tuple | None = None  # num_hidden_layers arrays of (batch, heads, seq, seq)
+
+    def __getitem__(self, key):
+        return getattr(self, key)
+
+
+class LlamaPreTrainedModel:
+    """What every Llama class shares: loading, input checks, the cache, parameters."""
+
+    _head = None
+
+    def __init__(self, config: LlamaConfig, weights: Weights, backend: str = "numpy", dtype: str = "float32",
+                 assembly=None):
+        """assembly: an ``Assembly`` already applied to ``weights`` (default: the reference)."""
+        self.config = config
+        self.weights = weights
+        self.backend = backend
+        self.dtype = dtype
+        self.xp = get_namespace(backend)
+        self.assembly = assembly if assembly is not None else assembly_for("reference", backend, config, False)
+
+    @classmethod
+    def from_pretrained(cls, path, backend: str = "numpy", dtype: str = "float32", progress=None,
+                        lazy: bool | None = None, assembly: str | None = None):
+        """Load a checkpoint: a Hugging Face folder, a Meta folder or a llama2.c .bin.
+
+        backend: "numpy", "cupy" or "strict"; dtype: the compute dtype, "float32" by default.
+        progress: called as progress(layers_done, num_layers) while the weights load.
+        lazy: keep weights memory-mapped in their stored dtype and upcast each layer when it
+        runs (see Weights). None decides: lazy when upcasting would change the dtype and the
+        upcast model would take more than 40% of this machine's memory.
+        assembly: which functions compute each block (``minillama.fast``): "reference" (the
+        lesson's own), "cpu" (NumPy speed arrangements); None picks "cpu" on NumPy, else "reference".
+        """
+        path = os.fspath(path)
+        if dtype == "bfloat16":
+            raise ValueError("bfloat16 compute is not available: NumPy and CuPy have no bfloat16 arithmetic. "
+                             "bfloat16 checkpoints load exactly into float32 (the default) or float16")
+        if dtype not in COMPUTE_DTYPES:
+            raise ValueError(f"dtype must be one of {COMPUTE_DTYPES}, got {dtype!r}")
+        xp = get_namespace(backend)
+        get_dtype(xp, dtype)  # fails early if this backend lacks the dtype
+        config, tensors, _ = open_checkpoint(path)
+        if lazy is None:
+            lazy = _should_be_lazy(tensors, dtype)
+        chosen = assembly_for(assembly, backend, config, lazy)
+        weights = load_weights(tensors, config, xp, dtype, head=cls._head, source=path, progress=progress, lazy=lazy)
+        if chosen.arrange is not None and not lazy:
+            weights = chosen.arrange(weights, config)
+        return cls(config, weights, backend=backend, dtype=dtype, assembly=chosen)
+
+    def _prepare(self, input_ids, attention_mask, position_ids, past: int = 0):
+        """Check the inputs and put them on the backend as integer arrays (``past``: positions already cached)."""
+        xp = self.xp
+        ids = self._as_int_array(input_ids, "input_ids")
+        if ids.ndim == 1:
+            ids = ids[None, :]
+        if ids.ndim != 2 or ids.shape[1] == 0:
+            raise ValueError(f"input_ids must have shape (batch, seq) with seq >= 1, got {tuple(ids.shape)}")
+        low, high = int(xp.min(ids)), int(xp.max(ids))
+        if low < 0 or high >= self.config.vocab_size:
+            bad = low if low < 0 else high
+            raise ValueError(f"input_ids contains token id {bad}, outside the vocabulary [0, {self.config.vocab_size})")
+        extras = []
+        for name, value in (("attention_mask", attention_mask), ("position_ids", position_ids)):
+            if value is not None:
+                value = self._as_int_array(value, name)
+                if value.ndim == 1:
+                    value = value[None, :]
+                expected = (ids.shape[0], ids.shape[1] + (past if name == "attention_mask" else 0))
+                if tuple(value.shape) != expected:
+                    raise ValueError(f"{name} has shape {tuple(value.shape)}, but {expected} is needed for "
+                                     f"input_ids of shape {tuple(ids.shape)}" + (f" after {past} cached positions" if past else ""))
+            extras.append(value)
+        if extras[1] is not None and int(xp.min(extras[1])) < 0:
+            raise ValueError("position_ids must not be negative")
+        return ids, extras[0], extras[1]
+
+    def _as_int_array(self, value, name):
+        xp = self.xp
+        if isinstance(value, (list, tuple, np.ndarray)):
+            host = np.asarray(value)
+            if host.dtype == np.bool_:
+                host = host.astype(np.int64)
+            if host.size and host.dtype.kind not in "iu":
+                raise ValueError(f"{name} must hold integers, got dtype {host.dtype}")
+            return to_backend(host.astype(np.int64, copy=False), xp)
+        if namespace_of(value) is not xp:
+            raise ValueError(f"{name} is an array of another backend than this model's ({self.backend})")
+        if value.dtype == xp.bool:
+            return xp.astype(value, xp.int64)
+        if not xp.isdtype(value.dtype, "integral"):
+            raise ValueError(f"{name} must hold integers, got dtype {value.dtype}")
+        return value
+
+    def _run(self, input_ids, attention_mask, position_ids, output_hidden_states, output_attentions, cache=None):
+        ids, mask, positions = self._prepare(input_ids, attention_mask, position_ids, cache.length if cache else 0)
+        x, hidden, attns = llama_forward(self.weights, self.config, ids, mask, positions,
+                                         output_hidden_states, output_attentions, cache, self.assembly)
+        return ids, x, (tuple(hidden) if hidden is not None else None), (tuple(attns) if attns is not None else None)
+
+    def __call__(self, *args, **kwargs):
+        return self.forward(*args, **kwargs)
+
+    def new_cache(self, batch: int, max_len: int) -> KVCache:
+        """An empty KV cache for ``batch`` sequences of up to ``max_len`` positions, on this model's backend."""
+        return KVCache(self.config, batch, max_len, self.xp, get_dtype(self.xp, self.dtype))
+
+    def resize_token_embeddings(self, new_num_tokens: int) -> None:
+        """Give the vocabulary ``new_num_tokens`` rows, e.g. after ``tokenizer.add_special_tokens``.
+
+        New rows of the embedding (and of an untied LM head) are zero, so a new pad
+        token embeds to zero. Shrinking drops the last rows.
+        """
+        if not isinstance(new_num_tokens, int) or new_num_tokens < 1:
+            raise ValueError(f"new_num_tokens must be a positive integer, got {new_num_tokens!r}")
+        if self.weights.lazy_dtype is not None:
+            raise ValueError("resize_token_embeddings needs the weights in memory: load with lazy=False")
+        xp, w, old = self.xp, self.weights, self.config.vocab_size
+
+        def resized(table):  # (old, hidden) -> (new_num_tokens, hidden)
+            if new_num_tokens <= old:
+                return table[:new_num_tokens, :]
+            zeros = xp.zeros((new_num_tokens - old, table.shape[1]), dtype=table.dtype)
+            return xp.concat([table, zeros], axis=0)
+
+        tied = w.lm_head is w.embed_tokens
+        w.embed_tokens = resized(w.embed_tokens)
+        if tied:
+            w.lm_head = w.embed_tokens
+        elif w.lm_head is not None:
+            w.lm_head = resized(w.lm_head)
+        self.config.vocab_size = new_num_tokens
+
+    def state_dict(self) -> dict:
+        """Hugging Face name -> the live parameter array (a tied LM head appears once, as the embedding)."""
+        return state_dict_names(self.weights, self.config)
+
+    def num_parameters(self) -> int:
+        return sum(int(np.prod(array.shape)) for array in self.state_dict().values())
+
+
+class LlamaModel(LlamaPreTrainedModel):
+    """The decoder stack alone: returns ``last_hidden_state``."""
+
+    _head = None
+
+    def forward(self, input_ids, attention_mask=None, position_ids=None,
+                output_hidden_states: bool = False, output_attentions: bool = False) -> LlamaOutput:
+        _, x, hidden, attns = self._run(input_ids, attention_mask, position_ids, output_hidden_states, output_attentions)
+        return LlamaOutput(last_hidden_state=x, hidden_states=hidden, attentions=attns)
+
+
+class LlamaForCausalLM(LlamaPreTrainedModel):
+    """The decoder stack and the language-model head: ``logits`` over the vocabulary at every position."""
+
+    _head = "lm_head"
+
+    def forward(self, input_ids, attention_mask=None, position_ids=None,
+                output_hidden_states: bool = False, output_attentions: bool = False, cache=None,
+                logits_to_keep: int = 0) -> LlamaOutput:
+        """cache: a KVCache from ``new_cache``; input_ids are then the new tokens only and
+        attention_mask covers the cached positions and the new ones.
+        logits_to_keep: compute logits for only the last N positions (0: all), as generation needs."""
+        _, x, hidden, attns = self._run(input_ids, attention_mask, position_ids, output_hidden_states,
+                                        output_attentions, cache)
+        lm_head = self.weights.ready(self.weights.lm_head)
+        last = x[:, -logits_to_keep:, :] if logits_to_keep else x
+        logits = F.linear_sliced(last, lm_head, slices=self.config.pretraining_tp)  # (batch, seq or N, vocab)
+        return LlamaOutput(logits=logits, last_hidden_state=x, hidden_states=hidden, attentions=attns)
+
+
+class LlamaForSequenceClassification(LlamaPreTrainedModel):
+    """The decoder stack and a linear ``score`` head read at each row's last real token."""
+
+    _head = "score"
+
+    def forward(self, input_ids, attention_mask=None, position_ids=None,
+                output_hidden_states: bool = False, output_attentions: bool = False) -> LlamaOutput:
+        ids, x, hidden, attns = self._run(input_ids, attention_mask, position_ids, output_hidden_states, output_attentions)
+        xp = self.xp
+        batch = ids.shape[0]
+        pad = self.config.pad_token_id
+        if pad is None and batch != 1:
+            raise ValueError("sequence classification of a batch needs config.pad_token_id to find each row's last token")
+        scores = F.linear(x, self.weights.score)  # (batch, seq, num_labels)
+        if pad is None:
+            pooled = scores[:, -1, :]
+        else:
+            last = last_token_index(ids, pad)  # (batch,)
+            seq = ids.shape[1]
+            flat = xp.reshape(scores, (batch * seq, scores.shape[-1]))
+            pooled = xp.take(flat, xp.arange(batch) * seq + last, axis=0)  # (batch, num_labels)
+        return LlamaOutput(logits=pooled, last_hidden_state=x, hidden_states=hidden, attentions=attns)
+
+
+_ARCHITECTURES = {
+    "LlamaForCausalLM": LlamaForCausalLM,
+    "LlamaForSequenceClassification": LlamaForSequenceClassification,
+    "LlamaModel": LlamaModel,
+}
+
+
+def _should_be_lazy(tensors: dict, dtype: str) -> bool:
+    stored = {t.dtype for t in tensors.values()}
+    if stored <= {"F32"} and dtype == "float32":
+        return False  # memory-mapped as it is: nothing would be copied anyway
+    upcast = sum(int(np.prod(t.shape)) for t in tensors.values()) * np.dtype(dtype).itemsize
+    try:
+        memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return False
+    return upcast > 0.4 * memory
+
+
+def load(path, backend: str = "numpy", dtype: str = "float32", progress=None, lazy: bool | None = None,
+         assembly: str | None = None):
+    """Load a checkpoint as the class its config names (LlamaForCausalLM by default).
+
+    path: a Hugging Face folder, a Meta folder (params.json + consolidated.*.pth) or a llama2.c .bin.
+    Other arguments as in ``LlamaForCausalLM.from_pretrained``.
+    """
+    name = "LlamaForCausalLM"
+    if detect_format(path) == "hf":
+        name = (LlamaConfig.from_pretrained(path).architectures or [name])[0]
+    cls = _ARCHITECTURES.get(name, LlamaForCausalLM)
+    return cls.from_pretrained(path, backend=backend, dtype=dtype, progress=progress, lazy=lazy, assembly=assembly)

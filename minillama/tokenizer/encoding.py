@@ -1,0 +1,124 @@
+"""Encoding text to ids: special tokens around it, batches with padding and truncation."""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+
+from ..errors import TokenizerError
+
+
+class BatchEncoding(dict):
+    """The result of calling a tokenizer: ``input_ids`` and ``attention_mask``, as keys or attributes."""
+
+    def __getattr__(self, name):
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+
+class EncodingMixin:
+    """``encode``, ``__call__`` (batches), and the Hugging Face helpers for special-token layout."""
+
+    def encode(self, text: str, bos: bool = True, eos: bool = False, add_special_tokens: bool | None = None,
+               parse_special_tokens: bool = False) -> list[int]:
+        """Text -> ids, with BOS in front (``bos``) and EOS at the end (``eos``).
+
+        add_special_tokens=False (the Hugging Face spelling) turns both off.
+        parse_special_tokens=True makes literal special-token text such as "<s>" become
+        its id, as transformers does; by default it is text, as in sentencepiece.
+        """
+        if not isinstance(text, str):
+            raise TokenizerError(f"text must be a str, got {type(text).__name__}")
+        if add_special_tokens is False:
+            bos = eos = False
+        if parse_special_tokens:
+            ids = self._encode_parsing_specials(text)
+        else:
+            ids = self._encode_plain(text)
+        return ([self.bos_token_id] if bos else []) + ids + ([self.eos_token_id] if eos else [])
+
+    def _encode_parsing_specials(self, text: str) -> list[int]:
+        specials = sorted(set(self.all_special_tokens) | set(self.added_tokens), key=len, reverse=True)
+        ids = []
+        for part in re.split("(" + "|".join(map(re.escape, specials)) + ")", text):
+            if part in specials:
+                ids.append(self.convert_tokens_to_ids(part))
+            elif part:
+                ids.extend(self._encode_plain(part))
+        return ids
+
+    def build_inputs_with_special_tokens(self, token_ids_0, token_ids_1=None) -> list[int]:
+        """BOS + ids_0 (+ BOS + ids_1), as transformers' LlamaTokenizer (add_bos_token=True, add_eos_token=False)."""
+        out = [self.bos_token_id] + list(token_ids_0)
+        return out if token_ids_1 is None else out + [self.bos_token_id] + list(token_ids_1)
+
+    def get_special_tokens_mask(self, token_ids_0, token_ids_1=None, already_has_special_tokens=False) -> list[int]:
+        """1 where build_inputs_with_special_tokens puts a special token, 0 elsewhere."""
+        if already_has_special_tokens:
+            special = set(self.all_special_ids)
+            return [1 if i in special else 0 for i in token_ids_0]
+        mask = [1] + [0] * len(token_ids_0)
+        return mask if token_ids_1 is None else mask + [1] + [0] * len(token_ids_1)
+
+    def create_token_type_ids_from_sequences(self, token_ids_0, token_ids_1=None) -> list[int]:
+        """0 for the first sequence (with its BOS), 1 for the second."""
+        first = [0] * (len(token_ids_0) + 1)
+        return first if token_ids_1 is None else first + [1] * (len(token_ids_1) + 1)
+
+    def __call__(self, texts, padding=False, padding_side: str | None = None, truncation: bool = False,
+                 max_length: int | None = None, return_tensors: str | None = None,
+                 add_special_tokens: bool = True) -> BatchEncoding:
+        """Encode one text or a batch: ``input_ids`` and ``attention_mask``.
+
+        padding: False, True / "longest", or "max_length". padding_side: "left" (default
+        for Llama, what generation needs) or "right". truncation cuts at max_length.
+        return_tensors: None (lists), "np" (NumPy), or a backend name ("numpy", "cupy", "strict").
+        """
+        single = isinstance(texts, str)
+        batch = [texts] if single else list(texts)
+        side = padding_side or self.padding_side
+        if side not in ("left", "right"):
+            raise TokenizerError(f"padding_side must be 'left' or 'right', got {side!r}")
+        if padding not in (False, True, "longest", "max_length", "do_not_pad"):
+            raise TokenizerError(f"padding must be False, True, 'longest' or 'max_length', got {padding!r}")
+        if (truncation or padding == "max_length") and (not isinstance(max_length, int) or max_length < 1):
+            raise TokenizerError(f"truncation and padding='max_length' need a positive max_length, got {max_length!r}")
+        rows = [self.encode(t, bos=add_special_tokens) for t in batch]
+        if truncation:
+            rows = [r[:max_length] if self.truncation_side == "right" else r[-max_length:] for r in rows]
+        masks = [[1] * len(r) for r in rows]
+        if padding not in (False, "do_not_pad"):
+            if self.pad_token is None:
+                raise TokenizerError("padding needs a pad token, and Llama has none: call "
+                                     "tokenizer.add_special_tokens({'pad_token': '<pad>'}) and "
+                                     "model.resize_token_embeddings(len(tokenizer)), or set tokenizer.pad_token = tokenizer.unk_token")
+            width = max_length if padding == "max_length" else max(len(r) for r in rows)
+            width = max(width, max(len(r) for r in rows))
+            for r, m in zip(rows, masks):
+                fill = width - len(r)
+                if side == "left":
+                    r[:0], m[:0] = [self.pad_token_id] * fill, [0] * fill
+                else:
+                    r.extend([self.pad_token_id] * fill)
+                    m.extend([0] * fill)
+        if return_tensors is not None:
+            if len({len(r) for r in rows}) > 1:
+                raise TokenizerError("the texts encode to different lengths: pass padding=True to make a tensor")
+            rows, masks = _to_tensor(rows, return_tensors), _to_tensor(masks, return_tensors)
+        elif single:
+            rows, masks = rows[0], masks[0]
+        return BatchEncoding(input_ids=rows, attention_mask=masks)
+
+
+def _to_tensor(rows, return_tensors):
+    host = np.asarray(rows, dtype=np.int64)
+    if return_tensors == "np":
+        return host
+    from ..backend import get_namespace, to_backend
+    try:
+        return to_backend(host, get_namespace(return_tensors))
+    except ValueError:
+        raise TokenizerError(f"return_tensors must be None, 'np', 'numpy', 'cupy' or 'strict', got {return_tensors!r}") from None
