@@ -33,6 +33,8 @@ def main():
     parser.add_argument("--workdir", default=os.path.join(tempfile.gettempdir(), "minillama-speed"))
     parser.add_argument("--in-model", action="store_true", help="real GEMVs, each timed: GEMVs vs the rest of a step")
     args = parser.parse_args()
+    from minillama.fast import tune_malloc
+    tune_malloc()  # as the minillama command does (the library leaves malloc alone)
 
     import minillama
     from minillama import functional as F

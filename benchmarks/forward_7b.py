@@ -87,6 +87,8 @@ def main():
     parser.add_argument("--json", default=os.path.join(os.path.dirname(__file__), "..", "docs", "benchmarks",
                                                        "forward_7b.json"))
     args = parser.parse_args()
+    from minillama.fast import tune_malloc
+    tune_malloc()  # as the minillama command does (the library leaves malloc alone)
 
     if not os.path.exists(os.path.join(args.path, "config.json")):
         print(f"making the synthetic 7B checkpoint at {args.path} ...", file=sys.stderr)

@@ -263,7 +263,8 @@ def memory_check(folder, new_tokens):
     import subprocess
     import sys
     script = (
-        "import sys, numpy as np, minillama\n"
+        "import sys, numpy as np, minillama, minillama.fast\n"
+        "minillama.fast.tune_malloc()\n"
         "base = [int(l.split()[1]) * 1024 for l in open('/proc/self/status') if l.startswith('VmRSS:')][0]\n"
         f"m = minillama.load({folder!r})\n"
         f"minillama.generate(m, np.array([[1]]), max_new_tokens={new_tokens}, eos_token_id=[])\n"
@@ -316,6 +317,8 @@ def main():
     parser.add_argument("--worker", choices=["ours", "theirs"], help=argparse.SUPPRESS)
     parser.add_argument("--folder", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    from minillama.fast import tune_malloc
+    tune_malloc()  # as the minillama command does (the library leaves malloc alone)
     if args.worker:
         return worker(args.worker, args.folder, args.new_tokens, args.prompt_tokens, args.threads)
     if args.replot:
