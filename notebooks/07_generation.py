@@ -25,6 +25,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 import minillama
+from minillama import functional as F
 from minillama.generation import sampling as S
 from _setup import pick_model, pick_tokenizer, save
 
@@ -32,8 +33,7 @@ logits = np.log(np.array([[0.30, 0.20, 0.14, 0.10, 0.08, 0.06, 0.05, 0.04, 0.02,
 
 
 def probs(l):
-    p = np.exp(l - l.max())
-    return (p / p.sum())[0]
+    return F.softmax(l)[0]  # the library's softmax: removed tokens (-inf) get probability 0
 
 
 shapes = {
