@@ -35,10 +35,9 @@ def backend(request):
     return request.param
 
 
-# A small Llama: big enough for every code path (several layers, heads, groups), small enough to be quick.
-TINY = dict(vocab_size=96, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
-            num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=64,
-            rms_norm_eps=1e-5, attn_implementation="eager")
+from reference_cases import TINY as _TINY  # noqa: E402
+
+TINY = dict(_TINY, attn_implementation="eager")
 
 
 def randomize(model, seed: int = 0):

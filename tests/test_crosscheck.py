@@ -11,22 +11,9 @@ pytest.importorskip("transformers")
 import minillama
 from minillama import to_numpy
 from conftest import make_hf_checkpoint, torch_forward
+from reference_cases import VARIANTS
 
 TOLERANCE = 1e-4  # max abs difference of float32 logits
-
-VARIANTS = {
-    "mha": {},
-    "gqa_4to1": dict(num_attention_heads=8, num_key_value_heads=2),
-    "mqa": dict(num_attention_heads=4, num_key_value_heads=1),
-    "head_dim_not_hidden_over_heads": dict(num_attention_heads=4, num_key_value_heads=2, head_dim=32),
-    "rope_theta_1e6": dict(rope_theta=1e6),
-    "rope_linear": dict(rope_scaling={"rope_type": "linear", "factor": 4.0}),
-    "rope_llama3": dict(rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
-                                      "high_freq_factor": 4.0, "original_max_position_embeddings": 32}),
-    "biases": dict(attention_bias=True, mlp_bias=True),
-    "tied_embeddings": dict(tie_word_embeddings=True),
-}
-
 
 def random_ids(vocab, batch, seq, seed=0):
     return np.random.default_rng(seed).integers(0, vocab, size=(batch, seq))

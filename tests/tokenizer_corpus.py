@@ -52,3 +52,19 @@ def random_string(rng: random.Random) -> str:
 def corpus(n_random: int = 1100, seed: int = 1234) -> list[str]:
     rng = random.Random(seed)
     return HANDWRITTEN + [random_string(rng) for _ in range(n_random)]
+
+
+SPECIAL_TEXT = ("<s>", "</s>", "<unk>")
+
+
+def classify_difference(s: str) -> str:
+    """Which documented class (docs/tokenizer.md) explains transformers' ids differing from sentencepiece's."""
+    if s.startswith(" "):
+        return "leading-space"
+    if "  " in s:
+        return "space-runs"
+    if "\u2581" in s:
+        return "literal-U+2581"
+    if any(t in s for t in SPECIAL_TEXT):
+        return "special-text"
+    return "unexplained"
