@@ -264,12 +264,12 @@ def _logits(args) -> None:
     if args.top < 1:
         raise ValueError("--top must be at least 1")
     from . import to_numpy
+    from .functional import softmax
     model = _load(args)
     start = time.perf_counter()
     last = to_numpy(model(np.asarray([args.ids])).logits)[0, -1].astype(np.float64)  # (vocab,)
     elapsed = time.perf_counter() - start
-    probs = np.exp(last - last.max())
-    probs /= probs.sum()
+    probs = softmax(last)
     print(f"model: {args.model} ({model.num_parameters():,} parameters, {args.backend}, {args.dtype})")
     print(f"next token after {len(args.ids)} ids:")
     for token in np.argsort(-last)[: args.top]:

@@ -118,8 +118,7 @@ def choose(logits, rng: np.random.Generator | None, greedy: bool) -> np.ndarray:
     if greedy:
         return to_numpy(xp.argmax(logits, axis=-1)).astype(np.int64)
     rows = to_numpy(logits).astype(np.float64)  # one row per sequence crosses to the host
-    probs = np.exp(rows - rows.max(axis=-1, keepdims=True))
-    probs /= probs.sum(axis=-1, keepdims=True)
+    probs = softmax(rows, axis=-1)  # float64, so each row sums to 1 as closely as rng.choice asks
     return np.array([rng.choice(probs.shape[-1], p=row) for row in probs], dtype=np.int64)
 
 
