@@ -56,17 +56,23 @@ def top_k(logits, k: int):
     return xp.where(logits < kth, NEG_INF, logits)
 
 
-def top_p(logits, p: float):
-    """Nucleus: keep the most likely tokens whose probabilities add up to at least p (always one)."""
+def top_p(logits, p: float, min_tokens_to_keep: int = 1):
+    """Nucleus, as transformers' TopPLogitsWarper: drop the least likely tokens while their total is <= 1 - p.
+
+    The tokens are sorted ascending by a stable sort (equal logits keep their index order, so of
+    two tied tokens the lower id goes first) and a prefix of that order is removed: those whose
+    cumulative probability is <= 1 - p. The ``min_tokens_to_keep`` most likely always stay.
+    For four equal logits and p = 0.5, the cumulative sums are .25 .5 .75 1: ids 0 and 1 go.
+    """
     xp = namespace_of(logits)
-    ascending = xp.sort(logits, axis=-1)
-    cumulative = xp.cumulative_sum(softmax(ascending, axis=-1), axis=-1)  # (batch, vocab), ascending order
-    removed = cumulative <= (1 - p)
-    removed[:, -1] = False  # the most likely token always stays
-    # The smallest logit that stays is the threshold.
-    kept = xp.where(removed, math.inf, ascending)
-    threshold = xp.min(kept, axis=-1, keepdims=True)  # (batch, 1)
-    return xp.where(logits < threshold, NEG_INF, logits)
+    vocab = logits.shape[-1]
+    order = xp.argsort(logits, axis=-1, stable=True)  # (batch, vocab): ids from least to most likely
+    ascending = xp.sort(logits, axis=-1, stable=True)
+    cumulative = xp.cumulative_sum(softmax(ascending, axis=-1), axis=-1)  # (batch, vocab), never decreasing
+    removed = xp.sum(xp.astype(cumulative <= 1 - p, xp.int64), axis=-1, keepdims=True)  # (batch, 1) prefix length
+    removed = xp.clip(removed, max=vocab - min_tokens_to_keep)
+    rank = xp.argsort(order, axis=-1)  # (batch, vocab): each id's place in the ascending order
+    return xp.where(rank < removed, NEG_INF, logits)
 
 
 def min_p(logits, p: float):
