@@ -43,6 +43,28 @@ def test_top_k_and_min_p_keep_ties():
     np.testing.assert_array_equal(kept(S.min_p(x, 1.0)), [[True, True, True, False], [True, True, False, False]])
 
 
+def test_process_logits_works_in_float32_from_float16():
+    rng = np.random.default_rng(5)
+    x16 = (rng.standard_normal((4, 32000)) * 2).astype(np.float16)
+    out = S.process_logits(x16, temperature_value=0.7, top_k_value=50, top_p_value=0.9, min_p_value=0.05)
+    assert out.dtype == np.float32
+    reference = S.process_logits(x16.astype(np.float32), temperature_value=0.7, top_k_value=50, top_p_value=0.9,
+                                 min_p_value=0.05)
+    np.testing.assert_array_equal(out, reference)
+
+
+def test_nucleus_from_float16_logits_equals_the_float32_one():
+    # A flat row of 32000 logits: summed in float16, the cumulative probability stalls (float16 has
+    # 11 bits), so a float16 nucleus would differ; cast first, it is the float32 one.
+    rng = np.random.default_rng(0)
+    x16 = (rng.standard_normal((2, 32000)) * 0.5).astype(np.float16)
+    ours = kept(S.process_logits(x16, top_p_value=0.9))
+    expected = kept(S.top_p(x16.astype(np.float32), 0.9))
+    np.testing.assert_array_equal(ours, expected)
+    assert 20000 < expected.sum() < 64000  # a real nucleus, not everything and not one token
+    assert not np.array_equal(kept(S.top_p(x16, 0.9)), expected)  # what computing in float16 would give
+
+
 def warper_kept(warper, x):
     torch = pytest.importorskip("torch")
     return np.isfinite(warper(None, torch.tensor(x)).numpy())
@@ -70,3 +92,20 @@ def test_top_k_and_min_p_ties_match_transformers():
         np.testing.assert_array_equal(kept(S.top_k(x, k)), warper_kept(lp.TopKLogitsWarper(k), x))
     for p in (0.1, 0.5, 1.0):
         np.testing.assert_array_equal(kept(S.min_p(x, p)), warper_kept(lp.MinPLogitsWarper(p), x))
+
+
+def test_generation_samples_a_float16_model_in_float32(tiny, monkeypatch):
+    import importlib
+
+    import minillama
+    G = importlib.import_module("minillama.generation.generate")  # the module, not the function of that name
+    model = minillama.load(tiny, dtype="float16")
+    dtypes = []
+
+    def recording_choose(logits, rng, greedy):
+        dtypes.append(logits.dtype)
+        return S.choose(logits, rng, greedy)
+
+    monkeypatch.setattr(G, "choose", recording_choose)
+    out = G.generate(model, [1, 5, 9], max_new_tokens=3, temperature=0.8, top_p=0.9, repetition_penalty=1.2, seed=1)
+    assert len(out.new_tokens[0]) == 3 and dtypes == [np.float32] * 3

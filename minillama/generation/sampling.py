@@ -2,8 +2,8 @@
 
 Each function takes logits (batch, vocab) and returns new logits, with the
 semantics of the transformers logits processor of the same name; removed tokens
-get -inf. :func:`process_logits` applies them in transformers' order:
-repetition penalty, temperature, top-k, top-p, min-p. The draw itself happens on
+get -inf. :func:`process_logits` casts the logits to float32, then applies them
+in transformers' order: repetition penalty, temperature, top-k, top-p, min-p. The draw itself happens on
 the host with a seeded NumPy generator, so one seed gives the same tokens on
 NumPy and on CuPy (only one vocabulary row per sequence crosses to the host; with a
 repetition penalty, generation also sends the seen-token mask, one bool per vocabulary
@@ -85,10 +85,15 @@ def min_p(logits, p: float):
 
 def process_logits(logits, seen=None, temperature_value: float = 1.0, top_k_value: int = 0,
                    top_p_value: float = 1.0, min_p_value: float = 0.0, repetition: float = 1.0):
-    """All of the above, in transformers' order; a value that changes nothing is skipped.
+    """All of the above, in transformers' order, on float32 logits; a value that changes nothing is skipped.
 
+    logits of any float dtype are cast to float32 first, as transformers and Meta's
+    generate do: a float16 model's logits would otherwise be divided, summed and
+    compared in float16, whose cumulative sum over a 32000-token vocabulary stalls.
     seen: the (batch, vocab) mask of :func:`tokens_seen`, needed when repetition != 1.
     """
+    xp = namespace_of(logits)
+    logits = xp.astype(logits, xp.float32, copy=False)  # (batch, vocab) float32
     if repetition != 1.0:
         logits = repetition_penalty(logits, seen, repetition)
     if temperature_value not in (0.0, 1.0):
