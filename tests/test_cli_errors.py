@@ -199,3 +199,26 @@ def test_chat_context_beyond_the_model_is_refused(monkeypatch, capsys, tiny):
     assert status == 1 and out == ""
     last = err.splitlines()[-1]
     assert last == f"minillama: error: --context 1000 is more than the 256 positions of {tiny} (max_position_embeddings)"
+
+
+def test_ctrl_c_in_a_real_process_exits_130_quietly(tiny):
+    import signal
+    chat = subprocess.Popen([sys.executable, "-m", "minillama", "chat", "--model", str(tiny)], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        loaded = chat.stderr.readline()  # the finished bar: the model is loaded and chat waits for a line
+        chat.send_signal(signal.SIGINT)
+        out, err = chat.communicate(timeout=60)
+    finally:
+        chat.kill()
+    assert loaded.startswith(b"loading weights [")
+    assert chat.returncode == 130 and out == b"" and err == b""
+
+
+def test_a_closed_pipe_ends_quietly(tiny):
+    run = subprocess.Popen([sys.executable, "-m", "minillama", "generate", "--model", str(tiny), "--prompt", "Hi" * 20,
+                            "--max-new-tokens", "20"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    run.stdout.close()  # as `minillama generate ... | head -c 0` would
+    err = run.stderr.read()
+    assert run.wait(timeout=120) == 1
+    assert err.startswith(b"loading weights [") and err.count(b"\n") == 1  # the bar, and nothing about the pipe

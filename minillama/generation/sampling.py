@@ -146,6 +146,9 @@ class Sampling:
 
     def __post_init__(self):
         check_sampling_args(self.temperature, self.top_k, self.top_p, self.min_p, self.repetition_penalty)
+        seed = self.seed
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0):
+            raise ValueError(f"seed must be None or an integer >= 0, got {self.seed!r}")
         # Plain Python numbers, so a NumPy float64 argument cannot upcast float32 logits.
         self.temperature, self.top_p, self.min_p = float(self.temperature), float(self.top_p), float(self.min_p)
         self.repetition_penalty, self.top_k = float(self.repetition_penalty), int(self.top_k)
