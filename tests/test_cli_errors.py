@@ -72,6 +72,12 @@ def test_a_folder_without_tokenizer_names_the_flag(capsys, tmp_path):
     assert status == 1 and "--model" in one_line(err) and "no tokenizer.model or tokenizer.json" in err
 
 
+def test_a_model_file_where_a_folder_is_needed(capsys, tiny):
+    status, _, err = run(capsys, "generate", "--model", tiny / "config.json", "--prompt", "Hi")
+    assert status == 1 and one_line(err) == (f"minillama: error: --model {tiny / 'config.json'}: is a file; this "
+                                             "command needs the checkpoint folder, with its tokenizer\n")
+
+
 @pytest.mark.parametrize("argv,flag", [
     (["--stop="], "--stop"), (["--prompt="], "--prompt"), (["--dtype", "bfloat16"], "--dtype"),
     (["--backend", "torch"], "--backend"),

@@ -32,6 +32,8 @@ def load_model(args):
 def load_tokenizer(folder: str):
     from ..tokenizer import LlamaTokenizer, LlamaTokenizerFast, TokenizerError
     check_model_path(folder)
+    if not os.path.isdir(folder):
+        raise TokenizerError(f"--model {folder}: is a file; this command needs the checkpoint folder, with its tokenizer")
     if os.path.exists(os.path.join(folder, "tokenizer.model")):
         return LlamaTokenizer.from_pretrained(folder)
     if os.path.exists(os.path.join(folder, "tokenizer.json")):

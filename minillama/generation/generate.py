@@ -58,8 +58,8 @@ class DecodeState:
     sampling: Sampling
     eos: set  # the ids that end a row
     pad: int  # the id a finished row receives
-    done: np.ndarray = None  # (batch,) bool, rows that have stopped
-    rng: np.random.Generator = None  # the draws, seeded by sampling.seed
+    done: np.ndarray | None = None  # (batch,) bool, rows that have stopped (default: none)
+    rng: np.random.Generator | None = None  # the draws (default: seeded by sampling.seed)
     seen: np.ndarray | None = None  # (batch, vocab) bool, ids each row has seen (repetition penalty only)
     padded: bool = field(init=False)  # whether any row is left-padded
 
@@ -88,10 +88,13 @@ def _prefill(model, state: DecodeState, ids, history):
 
 def _next_tokens(model, state: DecodeState, logits) -> np.ndarray:
     """Choose each row's next token from its logits (batch, vocab) and record it; (batch,) ids."""
-    s = state.sampling
+    s, greedy = state.sampling, state.sampling.temperature == 0
     seen = to_backend(state.seen, model.xp) if state.seen is not None else None
-    processed = process_logits(logits, seen, s.temperature, s.top_k, s.top_p, s.min_p, s.repetition_penalty)
-    tokens = np.where(state.done, state.pad, choose(processed, state.rng, greedy=s.temperature == 0))
+    if greedy:  # top-k, top-p and min-p always keep the most likely token: only the penalty matters
+        processed = process_logits(logits, seen, repetition=s.repetition_penalty)
+    else:
+        processed = process_logits(logits, seen, s.temperature, s.top_k, s.top_p, s.min_p, s.repetition_penalty)
+    tokens = np.where(state.done, state.pad, choose(processed, state.rng, greedy=greedy))
     live = np.flatnonzero(~state.done)  # rows still generating
     state.out.decode_tokens += len(live)
     if state.seen is not None:

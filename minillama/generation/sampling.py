@@ -108,16 +108,16 @@ def process_logits(logits, seen=None, temperature_value: float = 1.0, top_k_valu
 
 
 def check_sampling_args(temperature_value, top_k_value, top_p_value, min_p_value, repetition) -> None:
-    if not isinstance(temperature_value, (int, float)) or temperature_value < 0 or math.isnan(temperature_value):
-        raise ValueError(f"temperature must be >= 0 (0 means greedy), got {temperature_value!r}")
+    if not isinstance(temperature_value, (int, float)) or not 0 <= temperature_value < math.inf:
+        raise ValueError(f"temperature must be a finite number >= 0 (0 means greedy), got {temperature_value!r}")
     if not isinstance(top_k_value, int) or top_k_value < 0:
         raise ValueError(f"top_k must be an integer >= 0 (0 turns it off), got {top_k_value!r}")
     if not isinstance(top_p_value, (int, float)) or not 0 < top_p_value <= 1:
         raise ValueError(f"top_p must be in (0, 1], got {top_p_value!r}")
     if not isinstance(min_p_value, (int, float)) or not 0 <= min_p_value <= 1:
         raise ValueError(f"min_p must be in [0, 1], got {min_p_value!r}")
-    if not isinstance(repetition, (int, float)) or not repetition > 0:
-        raise ValueError(f"repetition_penalty must be > 0, got {repetition!r}")
+    if not isinstance(repetition, (int, float)) or not 0 < repetition < math.inf:
+        raise ValueError(f"repetition_penalty must be a finite number > 0, got {repetition!r}")
 
 
 def choose(logits, rng: np.random.Generator | None, greedy: bool) -> np.ndarray:
