@@ -53,7 +53,7 @@ class DecodeState:
     """
 
     cache: object  # the model's KV cache: every position fed so far
-    mask: np.ndarray  # (batch, positions) host ids mask, 1 for real tokens and 0 for left padding
+    mask: np.ndarray  # (batch, positions) on the host: 1 for real tokens, 0 for left padding
     out: GenerationOutput  # the sequences so far, each row's new tokens, the timings
     sampling: Sampling
     eos: set  # the ids that end a row
