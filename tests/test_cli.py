@@ -23,9 +23,12 @@ def test_errors_are_one_line_without_traceback(tmp_path):
     out = run("logits", "--model", str(tmp_path / "missing"), "--ids", "1")
     assert out.returncode == 1
     assert out.stderr.strip().count("\n") == 0 and "Traceback" not in out.stderr
-    assert "checkpoint not found" in out.stderr
+    assert out.stderr == f"minillama: error: --model {tmp_path / 'missing'}: the folder does not exist\n"
 
 
-def test_bad_arguments():
-    out = run("logits", "--ids", "x")
-    assert out.returncode == 2 and "usage:" in out.stderr
+def test_bad_arguments_are_one_line_usage_errors():
+    out = run("logits", "--model", "m", "--ids", "x")
+    assert out.returncode == 2 and out.stdout == ""
+    assert out.stderr == "minillama logits: error: argument --ids: expected an integer, got 'x' (see 'minillama logits --help')\n"
+    out = run("logits", "--ids", "1")
+    assert out.returncode == 2 and "the following arguments are required: --model" in out.stderr

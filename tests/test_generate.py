@@ -37,6 +37,9 @@ def test_generate_rejects_bad_arguments(tiny):
     model = minillama.load(tiny)
     for kwargs, message in [(dict(temperature=-1.0), "temperature"), (dict(top_p=0.0), "top_p"),
                             (dict(top_p=1.5), "top_p"), (dict(top_k=-1), "top_k"),
+                            (dict(seed=-1), "seed must be None or an integer >= 0"), (dict(seed=1.5), "seed"),
+                            (dict(temperature=float("inf")), "temperature must be a finite number"),
+                            (dict(repetition_penalty=float("nan")), "repetition_penalty must be a finite number"),
                             (dict(max_new_tokens=300), "exceeds the model's context of 256")]:
         with pytest.raises(ValueError, match=message):
             generate(model, [1, 2, 3], **kwargs)

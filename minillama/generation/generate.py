@@ -5,7 +5,9 @@
 
 Rows of a batch are left-padded to one length; each row stops at EOS or at a
 stop string (later positions are filled with the pad id), and generation ends
-when all rows have stopped or ``max_new_tokens`` are made.
+when all rows have stopped or ``max_new_tokens`` are made. What carries from one
+step to the next (cache, mask, ids so far, done rows, seen ids, random generator)
+is one :class:`DecodeState`.
 
 * :func:`generate` works on ids and returns a :class:`GenerationOutput`.
 * :func:`generate_text` takes prompt strings and a tokenizer and returns texts.
@@ -42,43 +44,87 @@ class GenerationOutput:
         return self.decode_tokens / self.decode_seconds if self.decode_seconds else float("nan")
 
 
-def _steps(model, ids, mask, max_new_tokens, sampling: Sampling, eos, pad, done, out, cache, history):
-    """Yield each step's (batch,) new tokens. ``done`` (batch,) is shared with the caller,
-    which may mark rows finished (stop strings); rows that emit EOS are marked here."""
-    xp = model.xp
-    rng = np.random.default_rng(sampling.seed)
+@dataclass
+class DecodeState:
+    """What one generation carries from step to step; generate, generate_text and stream_text share it.
+
+    A row that stops (at EOS here, at a stop string in the text functions, which set
+    ``done`` themselves) is given ``pad`` from then on and its new tokens are no longer recorded.
+    """
+
+    cache: object  # the model's KV cache: every position fed so far
+    mask: np.ndarray  # (batch, positions) on the host: 1 for real tokens, 0 for left padding
+    out: GenerationOutput  # the sequences so far, each row's new tokens, the timings
+    sampling: Sampling
+    eos: set  # the ids that end a row
+    pad: int  # the id a finished row receives
+    done: np.ndarray | None = None  # (batch,) bool, rows that have stopped (default: none)
+    rng: np.random.Generator | None = None  # the draws (default: seeded by sampling.seed)
+    seen: np.ndarray | None = None  # (batch, vocab) bool, ids each row has seen (repetition penalty only)
+    padded: bool = field(init=False)  # whether any row is left-padded
+
+    def __post_init__(self):
+        batch = self.out.sequences.shape[0]
+        self.done = np.zeros(batch, dtype=bool) if self.done is None else self.done
+        self.rng = np.random.default_rng(self.sampling.seed) if self.rng is None else self.rng
+        # Without padding the mask is all ones: passing none lets the model count positions and skip masking.
+        self.padded = not self.mask.all()
+
+    def model_mask(self):
+        return self.mask if self.padded else None
+
+
+def _prefill(model, state: DecodeState, ids, history):
+    """Feed the prompt (batch, seq); the logits (batch, vocab) of its last position."""
     start = time.perf_counter()
-    # Without padding the mask is all ones: passing none lets the model count positions and skip masking.
-    padded = not mask.all()
-    logits = model(ids, attention_mask=mask if padded else None, cache=cache, logits_to_keep=1).logits[:, -1, :]
-    out.prefill_tokens += int((mask[:, -ids.shape[1]:]).sum())
-    step_start = time.perf_counter()
-    out.prefill_seconds += step_start - start
-    penalise = sampling.repetition_penalty != 1.0
-    if penalise:  # which ids each row has seen, kept on the host and updated per step
-        seen = tokens_seen(np.concatenate([history, ids], axis=1) if history is not None else ids, logits.shape[-1])
+    logits = model(ids, attention_mask=state.model_mask(), cache=state.cache, logits_to_keep=1).logits[:, -1, :]
+    state.out.prefill_tokens += int(state.mask[:, -ids.shape[1]:].sum())
+    state.out.prefill_seconds += time.perf_counter() - start
+    if state.sampling.repetition_penalty != 1.0:  # the ids each row has seen, kept on the host
+        previous = np.concatenate([history, ids], axis=1) if history is not None else ids
+        state.seen = tokens_seen(previous, logits.shape[-1])
+    return logits
+
+
+def _next_tokens(model, state: DecodeState, logits) -> np.ndarray:
+    """Choose each row's next token from its logits (batch, vocab) and record it; (batch,) ids."""
+    s, greedy = state.sampling, state.sampling.temperature == 0
+    seen = to_backend(state.seen, model.xp) if state.seen is not None else None
+    if greedy:  # top-k, top-p and min-p always keep the most likely token: only the penalty matters
+        processed = process_logits(logits, seen, repetition=s.repetition_penalty)
+    else:
+        processed = process_logits(logits, seen, s.temperature, s.top_k, s.top_p, s.min_p, s.repetition_penalty)
+    tokens = np.where(state.done, state.pad, choose(processed, state.rng, greedy=greedy))
+    live = np.flatnonzero(~state.done)  # rows still generating
+    state.out.decode_tokens += len(live)
+    if state.seen is not None:
+        state.seen[np.arange(len(tokens)), tokens] = True
+    state.out.sequences = np.concatenate([state.out.sequences, tokens[:, None]], axis=1)
+    if state.padded:
+        state.mask = np.concatenate([state.mask, np.ones((len(tokens), 1), dtype=np.int64)], axis=1)
+    for row in live:
+        state.out.new_tokens[row].append(int(tokens[row]))
+    state.done |= [int(t) in state.eos for t in tokens]  # a set lookup: np.isin is slow for a few ids
+    return tokens
+
+
+def _decode(model, state: DecodeState, ids, max_new_tokens: int, history=None):
+    """Yield each step's (batch,) new tokens, until every row is done or max_new_tokens are made.
+
+    The caller may mark rows done between steps (stop strings).
+    """
+    logits = _prefill(model, state, ids, history)
+    start = time.perf_counter()
     try:
         for step in range(max_new_tokens):
-            processed = process_logits(logits, to_backend(seen, xp) if penalise else None, sampling.temperature,
-                                       sampling.top_k, sampling.top_p, sampling.min_p, sampling.repetition_penalty)
-            tokens = np.where(done, pad, choose(processed, rng, greedy=sampling.temperature == 0))
-            live = np.flatnonzero(~done)  # rows still generating
-            out.decode_tokens += len(live)
-            if penalise:
-                seen[np.arange(len(tokens)), tokens] = True
-            out.sequences = np.concatenate([out.sequences, tokens[:, None]], axis=1)
-            if padded:
-                mask = np.concatenate([mask, np.ones((len(tokens), 1), dtype=np.int64)], axis=1)
-            for row in live:
-                out.new_tokens[row].append(int(tokens[row]))
-            done |= [int(t) in eos for t in tokens]  # a set lookup: np.isin is slow for a few ids
+            tokens = _next_tokens(model, state, logits)
             yield tokens
-            if done.all() or step == max_new_tokens - 1:
+            if state.done.all() or step == max_new_tokens - 1:
                 break
-            logits = model(tokens[:, None], attention_mask=mask if padded else None, cache=cache,
+            logits = model(tokens[:, None], attention_mask=state.model_mask(), cache=state.cache,
                            logits_to_keep=1).logits[:, -1, :]  # (batch, vocab)
     finally:
-        out.decode_seconds += time.perf_counter() - step_start
+        state.out.decode_seconds += time.perf_counter() - start
 
 
 def _host_ids(values) -> np.ndarray:
@@ -116,6 +162,11 @@ def _stop_ids(model, eos_token_id):
     return set([eos_token_id] if isinstance(eos_token_id, int) else (eos_token_id or []))
 
 
+def _pad_id(eos: set) -> int:
+    """The id finished rows receive when none is given: the smallest EOS id (0 without one)."""
+    return min(eos) if eos else 0
+
+
 def generate(model, input_ids, attention_mask=None, max_new_tokens: int = 32, temperature: float = 0.0,
              top_k: int = 0, top_p: float = 1.0, min_p: float = 0.0, repetition_penalty: float = 1.0,
              eos_token_id: int | list | None = None, pad_token_id: int | None = None, seed: int | None = None,
@@ -132,12 +183,11 @@ def generate(model, input_ids, attention_mask=None, max_new_tokens: int = 32, te
     sampling = Sampling(temperature, top_k, top_p, min_p, repetition_penalty, seed)
     ids, mask, cache = _prepare_prompt(model, input_ids, attention_mask, max_new_tokens, cache)
     eos = _stop_ids(model, eos_token_id)
-    pad = pad_token_id if pad_token_id is not None else (min(eos) if eos else 0)
-    out = GenerationOutput(sequences=ids, new_tokens=[[] for _ in range(ids.shape[0])])
-    done = np.zeros(ids.shape[0], dtype=bool)
-    for _ in _steps(model, ids, mask, max_new_tokens, sampling, eos, pad, done, out, cache, history):
+    pad = pad_token_id if pad_token_id is not None else _pad_id(eos)
+    state = DecodeState(cache, mask, GenerationOutput(ids, [[] for _ in range(ids.shape[0])]), sampling, eos, pad)
+    for _ in _decode(model, state, ids, max_new_tokens, history):
         pass
-    return out
+    return state.out
 
 
 def _cut_at_stop(text: str, stop: list[str]) -> tuple[str, bool]:
@@ -176,11 +226,11 @@ def generate_text(model, tokenizer, prompts, max_new_tokens: int = 32, stop: lis
     ids, mask, cache = _prepare_prompt(model, ids, mask, max_new_tokens, None)
     eos = _stop_ids(model, tokenizer.eos_token_id)
     out = GenerationOutput(sequences=ids, new_tokens=[[] for _ in prompts])
-    done = np.zeros(len(prompts), dtype=bool)
-    for _ in _steps(model, ids, mask, max_new_tokens, Sampling(**sampling), eos, min(eos), done, out, cache, None):
+    state = DecodeState(cache, mask, out, Sampling(**sampling), eos, _pad_id(eos))
+    for _ in _decode(model, state, ids, max_new_tokens):
         if stop:
-            for row in np.flatnonzero(~done):
-                done[row] = _cut_at_stop(tokenizer.decode(out.new_tokens[row]), stop)[1]  # a stop string appeared
+            for row in np.flatnonzero(~state.done):  # has a stop string appeared?
+                state.done[row] = _cut_at_stop(tokenizer.decode(out.new_tokens[row]), stop)[1]
     prompt_rows = [list(row[m == 1]) for row, m in zip(ids, mask)]
     out.texts = [_cut_at_stop(continuation(tokenizer, p, t), stop)[0] for p, t in zip(prompt_rows, out.new_tokens)]
     return out
@@ -209,17 +259,17 @@ def stream_text(model, tokenizer, prompt, max_new_tokens: int = 32, stop: list[s
     eos = _stop_ids(model, tokenizer.eos_token_id)
     out = stats if stats is not None else GenerationOutput(sequences=ids)
     out.sequences, out.new_tokens = ids, [[]]
-    done = np.zeros(1, dtype=bool)
+    state = DecodeState(cache, mask, out, Sampling(**sampling), eos, _pad_id(eos))
     decoder = tokenizer.stream_decoder()
     decoder.prime(ids[0])
     text, emitted = "", 0
-    for tokens in _steps(model, ids, mask, max_new_tokens, Sampling(**sampling), eos, min(eos), done, out, cache, history):
+    for tokens in _decode(model, state, ids, max_new_tokens, history):
         if int(tokens[0]) in eos:
             break
         text += decoder.step(int(tokens[0]))
         cut, found = _cut_at_stop(text, stop)
         if found:
-            done[0] = True
+            state.done[0] = True
             text = cut
             break
         # Hold back a tail that could still grow into a stop string.
@@ -227,7 +277,7 @@ def stream_text(model, tokenizer, prompt, max_new_tokens: int = 32, stop: list[s
         if safe > emitted:
             yield text[emitted:safe]
             emitted = safe
-    if not done[0] or not stop:
+    if not state.done[0] or not stop:
         text += decoder.flush()
         text = _cut_at_stop(text, stop)[0]
     if len(text) > emitted:

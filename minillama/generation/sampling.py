@@ -2,8 +2,8 @@
 
 Each function takes logits (batch, vocab) and returns new logits, with the
 semantics of the transformers logits processor of the same name; removed tokens
-get -inf. :func:`process_logits` applies them in transformers' order:
-repetition penalty, temperature, top-k, top-p, min-p. The draw itself happens on
+get -inf. :func:`process_logits` casts the logits to float32, then applies them
+in transformers' order: repetition penalty, temperature, top-k, top-p, min-p. The draw itself happens on
 the host with a seeded NumPy generator, so one seed gives the same tokens on
 NumPy and on CuPy (only one vocabulary row per sequence crosses to the host; with a
 repetition penalty, generation also sends the seen-token mask, one bool per vocabulary
@@ -56,17 +56,23 @@ def top_k(logits, k: int):
     return xp.where(logits < kth, NEG_INF, logits)
 
 
-def top_p(logits, p: float):
-    """Nucleus: keep the most likely tokens whose probabilities add up to at least p (always one)."""
+def top_p(logits, p: float, min_tokens_to_keep: int = 1):
+    """Nucleus, as transformers' TopPLogitsWarper: drop the least likely tokens while their total is <= 1 - p.
+
+    The tokens are sorted ascending by a stable sort (equal logits keep their index order, so of
+    two tied tokens the lower id goes first) and a prefix of that order is removed: those whose
+    cumulative probability is <= 1 - p. The ``min_tokens_to_keep`` most likely always stay.
+    For four equal logits and p = 0.5, the cumulative sums are .25 .5 .75 1: ids 0 and 1 go.
+    """
     xp = namespace_of(logits)
-    ascending = xp.sort(logits, axis=-1)
-    cumulative = xp.cumulative_sum(softmax(ascending, axis=-1), axis=-1)  # (batch, vocab), ascending order
-    removed = cumulative <= (1 - p)
-    removed[:, -1] = False  # the most likely token always stays
-    # The smallest logit that stays is the threshold.
-    kept = xp.where(removed, math.inf, ascending)
-    threshold = xp.min(kept, axis=-1, keepdims=True)  # (batch, 1)
-    return xp.where(logits < threshold, NEG_INF, logits)
+    vocab = logits.shape[-1]
+    order = xp.argsort(logits, axis=-1, stable=True)  # (batch, vocab): ids from least to most likely
+    ascending = xp.sort(logits, axis=-1, stable=True)
+    cumulative = xp.cumulative_sum(softmax(ascending, axis=-1), axis=-1)  # (batch, vocab), never decreasing
+    removed = xp.sum(xp.astype(cumulative <= 1 - p, xp.int64), axis=-1, keepdims=True)  # (batch, 1) prefix length
+    removed = xp.clip(removed, max=vocab - min_tokens_to_keep)
+    rank = xp.argsort(order, axis=-1)  # (batch, vocab): each id's place in the ascending order
+    return xp.where(rank < removed, NEG_INF, logits)
 
 
 def min_p(logits, p: float):
@@ -79,10 +85,15 @@ def min_p(logits, p: float):
 
 def process_logits(logits, seen=None, temperature_value: float = 1.0, top_k_value: int = 0,
                    top_p_value: float = 1.0, min_p_value: float = 0.0, repetition: float = 1.0):
-    """All of the above, in transformers' order; a value that changes nothing is skipped.
+    """All of the above, in transformers' order, on float32 logits; a value that changes nothing is skipped.
 
+    logits of any float dtype are cast to float32 first, as transformers and Meta's
+    generate do: a float16 model's logits would otherwise be divided, summed and
+    compared in float16, whose cumulative sum over a 32000-token vocabulary stalls.
     seen: the (batch, vocab) mask of :func:`tokens_seen`, needed when repetition != 1.
     """
+    xp = namespace_of(logits)
+    logits = xp.astype(logits, xp.float32, copy=False)  # (batch, vocab) float32
     if repetition != 1.0:
         logits = repetition_penalty(logits, seen, repetition)
     if temperature_value not in (0.0, 1.0):
@@ -97,16 +108,16 @@ def process_logits(logits, seen=None, temperature_value: float = 1.0, top_k_valu
 
 
 def check_sampling_args(temperature_value, top_k_value, top_p_value, min_p_value, repetition) -> None:
-    if not isinstance(temperature_value, (int, float)) or temperature_value < 0 or math.isnan(temperature_value):
-        raise ValueError(f"temperature must be >= 0 (0 means greedy), got {temperature_value!r}")
+    if not isinstance(temperature_value, (int, float)) or not 0 <= temperature_value < math.inf:
+        raise ValueError(f"temperature must be a finite number >= 0 (0 means greedy), got {temperature_value!r}")
     if not isinstance(top_k_value, int) or top_k_value < 0:
         raise ValueError(f"top_k must be an integer >= 0 (0 turns it off), got {top_k_value!r}")
     if not isinstance(top_p_value, (int, float)) or not 0 < top_p_value <= 1:
         raise ValueError(f"top_p must be in (0, 1], got {top_p_value!r}")
     if not isinstance(min_p_value, (int, float)) or not 0 <= min_p_value <= 1:
         raise ValueError(f"min_p must be in [0, 1], got {min_p_value!r}")
-    if not isinstance(repetition, (int, float)) or not repetition > 0:
-        raise ValueError(f"repetition_penalty must be > 0, got {repetition!r}")
+    if not isinstance(repetition, (int, float)) or not 0 < repetition < math.inf:
+        raise ValueError(f"repetition_penalty must be a finite number > 0, got {repetition!r}")
 
 
 def choose(logits, rng: np.random.Generator | None, greedy: bool) -> np.ndarray:
@@ -118,8 +129,7 @@ def choose(logits, rng: np.random.Generator | None, greedy: bool) -> np.ndarray:
     if greedy:
         return to_numpy(xp.argmax(logits, axis=-1)).astype(np.int64)
     rows = to_numpy(logits).astype(np.float64)  # one row per sequence crosses to the host
-    probs = np.exp(rows - rows.max(axis=-1, keepdims=True))
-    probs /= probs.sum(axis=-1, keepdims=True)
+    probs = softmax(rows, axis=-1)  # float64, so each row sums to 1 as closely as rng.choice asks
     return np.array([rng.choice(probs.shape[-1], p=row) for row in probs], dtype=np.int64)
 
 
@@ -136,6 +146,9 @@ class Sampling:
 
     def __post_init__(self):
         check_sampling_args(self.temperature, self.top_k, self.top_p, self.min_p, self.repetition_penalty)
+        seed = self.seed
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0):
+            raise ValueError(f"seed must be None or an integer >= 0, got {self.seed!r}")
         # Plain Python numbers, so a NumPy float64 argument cannot upcast float32 logits.
         self.temperature, self.top_p, self.min_p = float(self.temperature), float(self.top_p), float(self.min_p)
         self.repetition_penalty, self.top_k = float(self.repetition_penalty), int(self.top_k)
