@@ -15,8 +15,13 @@ import struct
 import numpy as np
 import pytest
 
+import minillama
+from minillama.config import LlamaConfig
 from minillama.errors import CheckpointError
+from minillama.formats.hf import read_hf_checkpoint
+from minillama.formats.names import tensor_shapes
 from minillama.formats.safetensors import read_safetensors, write_safetensors
+from minillama.formats.synthetic import write_random_checkpoint
 from minillama.formats.tensors import StoredTensor
 
 
@@ -110,3 +115,110 @@ def test_safetensors_written_here_read_by_the_reference_library(tmp_path):
     for name, array in arrays.items():
         np.testing.assert_array_equal(theirs[name], array)
         np.testing.assert_array_equal(ours[name].numpy(), array)
+
+
+# ---- Hugging Face folders: shards named by an index ------------------------------------------
+
+def sharded(folder, **overrides):
+    """A random sharded checkpoint in ``folder``; returns (index path, its JSON)."""
+    write_random_checkpoint(folder, dict(num_hidden_layers=2, **overrides), max_shard_bytes=120_000)
+    index_path = folder / "model.safetensors.index.json"
+    return index_path, json.loads(index_path.read_text())
+
+
+def test_index_naming_a_file_outside_the_folder_is_refused(tmp_path):
+    index_path, index = sharded(tmp_path / "ckpt")
+    outside = tmp_path / "outside.safetensors"
+    write_safetensors(str(outside), [], {})
+    name = "model.norm.weight"
+    for shard in ("../outside.safetensors", str(outside), "sub/../../outside.safetensors"):
+        index["weight_map"][name] = shard
+        index_path.write_text(json.dumps(index))
+        refused(CheckpointError, lambda: read_hf_checkpoint(tmp_path / "ckpt"), index_path, repr(shard), "outside")
+
+
+@pytest.mark.parametrize("weight_map,words", [([], "weight_map"), ({}, "weight_map"), ({"a": 3}, "weight_map['a']"),
+                                              ({"a": ""}, "invalid file name")])
+def test_index_that_is_not_a_weight_map_is_refused(tmp_path, weight_map, words):
+    index_path, _ = sharded(tmp_path / "ckpt")
+    index_path.write_text(json.dumps({"weight_map": weight_map}))
+    refused(CheckpointError, lambda: read_hf_checkpoint(tmp_path / "ckpt"), index_path, words)
+
+
+def test_hugging_face_cache_layout_with_links_into_blobs_loads(tmp_path):
+    source = tmp_path / "source"
+    sharded(source)
+    repo = tmp_path / "hub" / "models--someone--tiny"
+    snapshot, blobs = repo / "snapshots" / "0123abcd", repo / "blobs"
+    snapshot.mkdir(parents=True)
+    blobs.mkdir()
+    for i, name in enumerate(sorted(os.listdir(source))):  # every file of the snapshot is a link to ../../blobs/<hash>
+        os.rename(source / name, blobs / f"blob{i:04d}")
+        os.symlink(f"../../blobs/blob{i:04d}", snapshot / name)
+    assert all(os.path.islink(snapshot / n) for n in os.listdir(snapshot)) and len(os.listdir(snapshot)) > 3
+    tensors = read_hf_checkpoint(snapshot)
+    assert set(tensors) == set(tensor_shapes(LlamaConfig.from_pretrained(snapshot)))
+    model = minillama.load(snapshot)
+    assert model(np.array([[1, 2, 3]])).logits.shape == (1, 3, 512)
+
+
+def test_tensor_in_another_shard_than_the_index_says_is_refused(tmp_path):
+    index_path, index = sharded(tmp_path / "ckpt")
+    shards = sorted(set(index["weight_map"].values()))
+    name = "model.layers.0.self_attn.k_proj.weight"  # in a shard that holds other tensors too, so it is still read
+    held_in = index["weight_map"][name]
+    assert list(index["weight_map"].values()).count(held_in) > 1
+    index["weight_map"][name] = other = next(s for s in shards if s != held_in)
+    index_path.write_text(json.dumps(index))
+    refused(CheckpointError, lambda: read_hf_checkpoint(tmp_path / "ckpt"), held_in, repr(name), repr(other), "places")
+
+
+def test_tensor_in_two_shards_is_refused(tmp_path):
+    folder = tmp_path / "ckpt"
+    index_path, index = sharded(folder)
+    shards = sorted(set(index["weight_map"].values()))
+    first, second = read_safetensors(folder / shards[0]), read_safetensors(folder / shards[1])
+    name = next(iter(first))
+    both = {**second, name: first[name]}
+    (folder / shards[1]).unlink()
+    write_safetensors(str(folder / shards[1]), list(both), both)
+    refused(CheckpointError, lambda: read_hf_checkpoint(folder), repr(name), "also in")
+
+
+def test_tensor_missing_from_the_index_is_refused(tmp_path):
+    index_path, index = sharded(tmp_path / "ckpt")
+    name = "model.layers.1.mlp.up_proj.weight"
+    del index["weight_map"][name]
+    index_path.write_text(json.dumps(index))
+    refused(CheckpointError, lambda: read_hf_checkpoint(tmp_path / "ckpt"), repr(name), "not listed in", index_path)
+
+
+def test_missing_shard_is_named(tmp_path):
+    index_path, index = sharded(tmp_path / "ckpt")
+    shard = sorted(set(index["weight_map"].values()))[-1]
+    (tmp_path / "ckpt" / shard).unlink()
+    refused(CheckpointError, lambda: read_hf_checkpoint(tmp_path / "ckpt"), index_path, repr(shard), "missing")
+
+
+def test_pytorch_model_bin_folders_load_through_the_pth_reader(tmp_path):
+    from pth_writer import write_pth
+    safetensors_folder = tmp_path / "st"
+    write_random_checkpoint(safetensors_folder, dict(num_hidden_layers=2))
+    arrays = {n: t.numpy() for n, t in read_hf_checkpoint(safetensors_folder).items()}
+    expected = minillama.load(safetensors_folder)(np.array([[1, 5, 9]])).logits
+    single, shards = tmp_path / "bin", tmp_path / "bin-shards"
+    for folder in (single, shards):
+        folder.mkdir()
+        (folder / "config.json").write_text((safetensors_folder / "config.json").read_text())
+    write_pth(single / "pytorch_model.bin", arrays)
+    names = list(arrays)
+    halves = {"pytorch_model-00001-of-00002.bin": names[:10], "pytorch_model-00002-of-00002.bin": names[10:]}
+    for file_name, part in halves.items():
+        write_pth(shards / file_name, {n: arrays[n] for n in part})
+    (shards / "pytorch_model.bin.index.json").write_text(json.dumps(
+        {"metadata": {}, "weight_map": {n: f for f, part in halves.items() for n in part}}))
+    for folder in (single, shards):
+        tensors = read_hf_checkpoint(folder)
+        assert set(tensors) == set(arrays)
+        np.testing.assert_array_equal(tensors["model.norm.weight"].numpy(), arrays["model.norm.weight"])
+        np.testing.assert_array_equal(minillama.load(folder)(np.array([[1, 5, 9]])).logits, expected)

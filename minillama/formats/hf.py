@@ -1,7 +1,17 @@
-"""Hugging Face checkpoint folders: ``config.json`` and safetensors weights, one file or sharded.
+"""Hugging Face checkpoint folders: ``config.json`` and weights, one file or sharded.
 
 Reading indexes every tensor without loading anything (each is a view of a memory-mapped
-file). Writing goes tensor by tensor into shards with an index, atomically: the folder is
+file). Safetensors weights (``model.safetensors``, or shards listed in
+``model.safetensors.index.json``) are preferred; a folder with only PyTorch weights
+(``pytorch_model.bin``, or ``.bin`` shards listed in ``pytorch_model.bin.index.json``) is
+read with :func:`minillama.formats.pth.read_pth`, which runs no code from the file.
+
+An index is held to what it claims: every shard it names must lie inside the folder
+(links inside the folder are followed, as the Hugging Face cache needs: its snapshot
+files are links into ``../../blobs``), every tensor must be in the shard the index says
+and in no other, and every tensor of a shard must be listed.
+
+Writing goes tensor by tensor into shards with an index, atomically: the folder is
 written under a temporary name and renamed when complete, so an interrupted write leaves
 nothing half-written under the name asked for.
 """
@@ -14,49 +24,79 @@ import shutil
 import tempfile
 
 from ..errors import CheckpointError
+from ..files import inside_folder, read_json_object
 from .safetensors import nbytes, read_safetensors, write_safetensors
 from .tensors import StoredTensor
 
 DTYPE_NAMES = {"F32": "float32", "F16": "float16", "BF16": "bfloat16", "F64": "float64"}
 
 
+def _read_pth(path: str) -> dict[str, StoredTensor]:
+    from .pth import read_pth
+    return read_pth(path)
+
+
+# (single file, index) of each weights layout, in the order they are looked for, with the reader of a file
+WEIGHT_LAYOUTS = (("model.safetensors", "model.safetensors.index.json", read_safetensors),
+                  ("pytorch_model.bin", "pytorch_model.bin.index.json", _read_pth))
+
+
 def read_hf_checkpoint(folder: str | os.PathLike) -> dict[str, StoredTensor]:
     """Index every tensor of a Hugging Face checkpoint folder.
 
-    Reads ``model.safetensors``, or the shards listed in ``model.safetensors.index.json``.
+    Reads ``model.safetensors`` or the shards listed in ``model.safetensors.index.json``;
+    failing those, ``pytorch_model.bin`` or the shards of ``pytorch_model.bin.index.json``.
     Nothing is loaded into memory: each tensor is a view of a memory-mapped file.
     """
     folder = os.fspath(folder)
     if not os.path.isdir(folder):
         raise CheckpointError(f"checkpoint folder not found: {folder}")
-    index_path = os.path.join(folder, "model.safetensors.index.json")
-    single_path = os.path.join(folder, "model.safetensors")
-    if os.path.exists(index_path):
-        return _read_sharded(folder, index_path)
-    if os.path.exists(single_path):
-        return read_safetensors(single_path)
-    pickles = [n for n in ("pytorch_model.bin", "pytorch_model.bin.index.json") if os.path.exists(os.path.join(folder, n))]
-    if pickles:
-        raise CheckpointError(f"{folder}: has only PyTorch pickle weights ({pickles[0]}); minillama reads safetensors, "
-                              "which cannot run code when loaded. Re-save the model with safe_serialization=True.")
-    raise CheckpointError(f"{folder}: no weights found (expected model.safetensors or model.safetensors.index.json)")
+    for single, index, reader in WEIGHT_LAYOUTS:
+        index_path, single_path = os.path.join(folder, index), os.path.join(folder, single)
+        if os.path.lexists(index_path):
+            return _read_sharded(folder, index_path, reader)
+        if os.path.lexists(single_path):
+            return reader(single_path)
+    raise CheckpointError(f"{folder}: no weights found (expected model.safetensors, model.safetensors.index.json, "
+                          "pytorch_model.bin or pytorch_model.bin.index.json)")
 
 
-def _read_sharded(folder: str, index_path: str) -> dict[str, StoredTensor]:
-    try:
-        with open(index_path, encoding="utf-8") as f:
-            weight_map = json.load(f)["weight_map"]
-    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as error:
-        raise CheckpointError(f"{index_path}: not a valid safetensors index ({error!r})") from None
-    tensors = {}
-    for shard in sorted(set(weight_map.values())):
-        shard_path = os.path.join(folder, shard)
-        if not os.path.exists(shard_path):
-            raise CheckpointError(f"{index_path}: names shard {shard!r}, which is missing from {folder}")
-        tensors.update(read_safetensors(shard_path))
+def read_weight_map(folder: str, index_path: str) -> dict[str, str]:
+    """Tensor name -> shard path, from an index, every shard confined to ``folder``."""
+    index = read_json_object(index_path, CheckpointError)
+    weight_map = index.get("weight_map")
+    if not isinstance(weight_map, dict) or not weight_map:
+        raise CheckpointError(f"{index_path}: not a valid index (needs a non-empty \"weight_map\" object of "
+                              "tensor name -> shard file)")
+    shard_paths = {}
     for name, shard in weight_map.items():
+        if not isinstance(shard, str):
+            raise CheckpointError(f"{index_path}: weight_map[{name!r}] must be a file name, got {shard!r}")
+        if shard not in shard_paths:
+            shard_paths[shard] = inside_folder(folder, shard, CheckpointError, index_path)
+    return {name: shard_paths[shard] for name, shard in weight_map.items()}
+
+
+def _read_sharded(folder: str, index_path: str, reader) -> dict[str, StoredTensor]:
+    weight_map = read_weight_map(folder, index_path)
+    tensors, found_in = {}, {}
+    for shard_path in sorted(set(weight_map.values())):
+        if not os.path.lexists(shard_path):
+            raise CheckpointError(f"{index_path}: names shard {os.path.relpath(shard_path, folder)!r}, "
+                                  f"which is missing from {folder}")
+        for name, tensor in reader(shard_path).items():
+            if name in found_in:
+                raise CheckpointError(f"{shard_path}: tensor {name!r} is also in {found_in[name]}")
+            if name not in weight_map:
+                raise CheckpointError(f"{shard_path}: tensor {name!r} is not listed in {index_path}")
+            if weight_map[name] != shard_path:
+                raise CheckpointError(f"{shard_path}: holds tensor {name!r}, which {index_path} places in "
+                                      f"{os.path.relpath(weight_map[name], folder)!r}")
+            found_in[name], tensors[name] = shard_path, tensor
+    for name, shard_path in weight_map.items():
         if name not in tensors:
-            raise CheckpointError(f"{index_path}: says tensor {name!r} is in {shard!r}, but it is not there")
+            raise CheckpointError(f"{index_path}: says tensor {name!r} is in "
+                                  f"{os.path.relpath(shard_path, folder)!r}, but it is not there")
     return tensors
 
 
