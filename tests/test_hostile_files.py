@@ -17,11 +17,12 @@ import pytest
 
 import minillama
 from minillama.config import LlamaConfig
-from minillama.errors import CheckpointError
+from minillama.errors import CheckpointError, ConfigError
 from minillama.formats.hf import read_hf_checkpoint
 from minillama.formats.names import tensor_shapes
+from minillama.formats.report import describe, memory_estimates
 from minillama.formats.safetensors import read_safetensors, write_safetensors
-from minillama.formats.synthetic import write_random_checkpoint
+from minillama.formats.synthetic import TINY_CONFIG, write_random_checkpoint
 from minillama.formats.tensors import StoredTensor
 
 
@@ -222,3 +223,80 @@ def test_pytorch_model_bin_folders_load_through_the_pth_reader(tmp_path):
         assert set(tensors) == set(arrays)
         np.testing.assert_array_equal(tensors["model.norm.weight"].numpy(), arrays["model.norm.weight"])
         np.testing.assert_array_equal(minillama.load(folder)(np.array([[1, 5, 9]])).logits, expected)
+
+
+# ---- config.json: every field of the right type, finite, in range ------------------------------
+
+BAD_FIELDS = [  # (field as written in config.json, raw JSON value, the field the message names)
+    ("num_hidden_layers", "true", "num_hidden_layers"), ("num_hidden_layers", "2.0", "num_hidden_layers"),
+    ("hidden_size", '"64"', "hidden_size"), ("vocab_size", "1e999", "vocab_size"), ("intermediate_size", "-5", "intermediate_size"),
+    ("num_attention_heads", "null", "num_attention_heads"), ("num_key_value_heads", "[4]", "num_key_value_heads"),
+    ("max_position_embeddings", "0", "max_position_embeddings"), ("head_dim", "7", "head_dim"),
+    ("head_dim", "false", "head_dim"), ("pretraining_tp", "1.5", "pretraining_tp"),
+    ("rms_norm_eps", "1e999", "rms_norm_eps"), ("rms_norm_eps", "-1e999", "rms_norm_eps"), ("rms_norm_eps", "0", "rms_norm_eps"),
+    ("rms_norm_eps", '"1e-5"', "rms_norm_eps"), ("rms_norm_eps", "true", "rms_norm_eps"),
+    ("rope_theta", "1e999", "rope_theta"), ("rope_theta", "{}", "rope_theta"),
+    ("rope_scaling", '{"rope_type": "linear", "factor": 1e999}', "rope_scaling['factor']"),
+    ("rope_scaling", '{"rope_type": "dynamic", "factor": "2"}', "rope_scaling['factor']"),
+    ("rope_scaling", '{"rope_type": "llama3", "factor": 8, "low_freq_factor": 1, "high_freq_factor": 1e999, '
+                     '"original_max_position_embeddings": 8192}', "rope_scaling['high_freq_factor']"),
+    ("rope_scaling", '{"rope_type": ["linear"], "factor": 2}', "rope_scaling type"), ("rope_scaling", "[2]", "rope_scaling"),
+    ("rope_parameters", '{"rope_theta": 1e999}', "rope_theta"), ("rope_parameters", "[1]", "rope_parameters"),
+    ("attention_bias", '"yes"', "attention_bias"), ("tie_word_embeddings", "1", "tie_word_embeddings"),
+    ("pad_token_id", "1.0", "pad_token_id"), ("bos_token_id", "-1", "bos_token_id"), ("bos_token_id", '"1"', "bos_token_id"),
+    ("eos_token_id", '[2, "3"]', "eos_token_id"), ("eos_token_id", "true", "eos_token_id"),
+    ("torch_dtype", "32", "torch_dtype"), ("architectures", '"LlamaForCausalLM"', "architectures"),
+    ("id2label", "5", "id2label"), ("num_labels", "0", "num_labels"), ("hidden_act", "null", "hidden_act"),
+]
+
+
+@pytest.mark.parametrize("field,value,named", BAD_FIELDS)
+def test_config_field_of_the_wrong_type_or_range_is_named(tmp_path, field, value, named):
+    base = {k: v for k, v in TINY_CONFIG.items()}
+    text = json.dumps(base)[:-1] + f', "{field}": {value}}}'
+    (tmp_path / "config.json").write_text(text)
+    refused(ConfigError, lambda: LlamaConfig.from_pretrained(tmp_path), tmp_path / "config.json", named)
+
+
+@pytest.mark.parametrize("text,words", [("[1, 2]", "expected a JSON object"), ('{"rope_theta": Infinity}', "Infinity"),
+                                        ('{"rms_norm_eps": NaN}', "NaN"), ("{" * 100_000, "not valid JSON"),
+                                        ('{"a": 1', "not valid JSON"), ("\udcff", "not valid JSON")])
+def test_config_that_is_not_a_json_object_is_refused(tmp_path, text, words):
+    (tmp_path / "config.json").write_bytes(text.encode("utf-8", "surrogateescape"))
+    refused(ConfigError, lambda: LlamaConfig.from_pretrained(tmp_path), tmp_path / "config.json", words)
+
+
+def test_good_configs_still_read(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps({**TINY_CONFIG, "rms_norm_eps": 1, "eos_token_id": [2, 3],
+                                                      "bos_token_id": None, "rope_scaling": {"type": "linear", "factor": 2},
+                                                      "architectures": ["LlamaForCausalLM"], "dtype": "bfloat16"}))
+    config = LlamaConfig.from_pretrained(tmp_path)
+    assert config.rms_norm_eps == 1.0 and type(config.rms_norm_eps) is float and config.eos_token_id == [2, 3]
+    assert config.rope_scaling == {"rope_type": "linear", "factor": 2.0} and config.torch_dtype == "bfloat16"
+    assert LlamaConfig(num_hidden_layers=10**9).num_hidden_layers == 10**9  # huge but well-typed: accepted
+
+
+def test_config_with_a_billion_layers_is_inspected_at_once_and_refused_at_load(tmp_path):
+    import time
+    write_random_checkpoint(tmp_path, dict(num_hidden_layers=2))
+    config = json.loads((tmp_path / "config.json").read_text())
+    config.update(num_hidden_layers=10**9, max_position_embeddings=10**9, vocab_size=10**12)
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    start = time.perf_counter()
+    report = describe(tmp_path)
+    assert time.perf_counter() - start < 5
+    assert "the config says 1000000000 layers, the files hold 2" in report
+    assert f"KV cache for {10**9} positions" in report
+    start = time.perf_counter()
+    refused(CheckpointError, lambda: minillama.load(tmp_path), "num_hidden_layers=1000000000", "holds 2 layers")
+    assert time.perf_counter() - start < 5
+
+
+def test_inspect_sizes_the_kv_cache_to_the_models_context(tmp_path):
+    write_random_checkpoint(tmp_path)  # 4 layers, 4 KV heads of 8, 256 positions
+    kv_float32 = 2 * 4 * 4 * 8 * 256 * 4
+    rows = memory_estimates(LlamaConfig.from_pretrained(tmp_path), read_hf_checkpoint(tmp_path))
+    assert [r["kv_cache"] for r in rows if r["dtype"] == "float32"] == [kv_float32, kv_float32]
+    assert "KV cache for 256 positions" in describe(tmp_path)
+    assert "KV cache for 100 positions" in describe(tmp_path, 100)
+    assert memory_estimates(LlamaConfig.from_pretrained(tmp_path), read_hf_checkpoint(tmp_path), 512)[0]["kv_cache"] == 2 * kv_float32
