@@ -19,6 +19,7 @@ import minillama
 from minillama.config import LlamaConfig
 from minillama.errors import CheckpointError, ConfigError
 from minillama.formats.hf import read_hf_checkpoint
+from minillama.formats.llama2c import read_llama2c_checkpoint, read_llama2c_tokenizer
 from minillama.formats.names import tensor_shapes
 from minillama.formats.report import describe, memory_estimates
 from minillama.formats.safetensors import read_safetensors, write_safetensors
@@ -300,3 +301,76 @@ def test_inspect_sizes_the_kv_cache_to_the_models_context(tmp_path):
     assert "KV cache for 256 positions" in describe(tmp_path)
     assert "KV cache for 100 positions" in describe(tmp_path, 100)
     assert memory_estimates(LlamaConfig.from_pretrained(tmp_path), read_hf_checkpoint(tmp_path), 512)[0]["kv_cache"] == 2 * kv_float32
+
+
+# ---- llama2.c .bin: a header that matches the file exactly ----------------------------------------
+
+def llama2c_floats(dim=8, hidden=16, layers=2, heads=2, kv_heads=1, vocab=10, seq_len=4, shared=True) -> int:
+    """How many float32 values a legacy llama2.c file of these dimensions holds after its header."""
+    head = dim // heads
+    per_layer = 2 * dim + dim * dim * 2 + 2 * kv_heads * head * dim + 3 * hidden * dim
+    return vocab * dim + layers * per_layer + dim + 2 * seq_len * head // 2 + (0 if shared else vocab * dim)
+
+
+def write_llama2c(path, header=(8, 16, 2, 2, 1, 10, 4), floats=None, extra: bytes = b""):
+    dim, hidden, layers, heads, kv_heads, vocab, seq_len = header
+    if floats is None:
+        floats = llama2c_floats(dim, hidden, layers, heads, kv_heads, abs(vocab), seq_len, shared=vocab > 0)
+    values = np.random.default_rng(0).standard_normal(floats).astype(np.float32)
+    path.write_bytes(struct.pack("<7i", *header) + values.tobytes() + extra)
+    return path
+
+
+def test_llama2c_good_files_still_load(tmp_path):
+    for vocab in (10, -10):  # shared classifier, and one stored separately at the end
+        config, tensors = read_llama2c_checkpoint(str(write_llama2c(tmp_path / "m.bin", (8, 16, 2, 2, 1, vocab, 4))))
+        assert config.tie_word_embeddings == (vocab > 0) and ("lm_head.weight" in tensors) == (vocab < 0)
+        assert config.num_key_value_heads == 1 and len(tensors) == 2 + 9 * 2 + (vocab < 0)
+        assert minillama.load(tmp_path / "m.bin")(np.array([[1, 2, 3]])).logits.shape == (1, 3, 10)
+
+
+@pytest.mark.parametrize("header,words", [
+    ((8, 16, 2, 2, 1, 0, 4), "vocab_size=0"), ((8, -16, 2, 2, 1, 10, 4), "hidden_dim=-16"),
+    ((0, 16, 2, 2, 1, 10, 4), "dim=0"), ((8, 16, 2, 3, 1, 10, 4), "n_heads=3"), ((8, 16, 2, 8, 1, 10, 4), "even head size"),
+    ((8, 16, 2, 2, 3, 10, 4), "n_kv_heads=3"), ((8, 16, 2, 2, 1, 10, -4), "seq_len=-4"),
+])
+def test_llama2c_header_out_of_range_is_refused(tmp_path, header, words):
+    path = write_llama2c(tmp_path / "bad.bin", header, floats=64)
+    refused(CheckpointError, lambda: read_llama2c_checkpoint(str(path)), path, words)
+
+
+def test_llama2c_header_of_overflowing_dims_is_refused(tmp_path):
+    big = 2**31 - 1 - 1  # even, so every consistency rule holds: only the size can tell
+    path = write_llama2c(tmp_path / "huge.bin", (2**30, big, big, 2**29, 2**29, -(2**31 - 1), big), floats=16)
+    message = refused(CheckpointError, lambda: read_llama2c_checkpoint(str(path)), path, "truncated", "the file has 92")
+    assert "header describes" in message
+
+
+def test_llama2c_file_longer_than_its_header_says_is_refused(tmp_path):
+    good = llama2c_floats()
+    path = write_llama2c(tmp_path / "long.bin", floats=good, extra=b"\0" * 12)
+    expected = 28 + 4 * good
+    refused(CheckpointError, lambda: read_llama2c_checkpoint(str(path)), path, "12 bytes past",
+            f"{expected} bytes expected", f"the file has {expected + 12}")
+    # a file of two layers whose header claims one
+    path = write_llama2c(tmp_path / "layers.bin", (8, 16, 1, 2, 1, 10, 4), floats=llama2c_floats(layers=2))
+    refused(CheckpointError, lambda: read_llama2c_checkpoint(str(path)), path, "bytes past", "fewer layers")
+
+
+def test_llama2c_truncated_and_odd_versions_are_refused(tmp_path):
+    path = write_llama2c(tmp_path / "short.bin", floats=llama2c_floats() - 1)
+    refused(CheckpointError, lambda: read_llama2c_checkpoint(str(path)), path, "truncated")
+    (tmp_path / "tiny.bin").write_bytes(b"\0" * 10)
+    refused(CheckpointError, lambda: read_llama2c_checkpoint(str(tmp_path / "tiny.bin")), "tiny.bin", "too short")
+    (tmp_path / "v2.bin").write_bytes(struct.pack("<Ii7i", 0x616B3432, 2, 8, 16, 2, 2, 1, 10, 4).ljust(256, b"\0"))
+    refused(CheckpointError, lambda: read_llama2c_checkpoint(str(tmp_path / "v2.bin")), "v2.bin", "version 2")
+
+
+def test_llama2c_tokenizer_with_a_bad_length_is_refused(tmp_path):
+    path = tmp_path / "tokenizer.bin"
+    good = struct.pack("<i", 8) + b"".join(struct.pack("<fi", 0.0, len(p)) + p for p in (b"<unk>", b"<s>", b"a"))
+    path.write_bytes(good)
+    assert read_llama2c_tokenizer(str(path), 3) is not None
+    for length in (-5, 1000):
+        path.write_bytes(good + struct.pack("<fi", 0.0, length) + b"xyz")
+        refused(CheckpointError, lambda: read_llama2c_tokenizer(str(path), 4), path, "token 3 claims")
