@@ -18,6 +18,7 @@ import pytest
 import minillama
 from minillama.config import LlamaConfig
 from minillama.errors import CheckpointError, ConfigError
+from minillama.formats.convert import convert
 from minillama.formats.hf import read_hf_checkpoint
 from minillama.formats.llama2c import read_llama2c_checkpoint, read_llama2c_tokenizer
 from minillama.formats.names import tensor_shapes
@@ -374,3 +375,121 @@ def test_llama2c_tokenizer_with_a_bad_length_is_refused(tmp_path):
     for length in (-5, 1000):
         path.write_bytes(good + struct.pack("<fi", 0.0, length) + b"xyz")
         refused(CheckpointError, lambda: read_llama2c_tokenizer(str(path), 4), path, "token 3 claims")
+
+
+# ---- convert: held to the config, atomic, carrying the tokenizer ----------------------------------
+
+def source_with(folder, change):
+    """A random HF folder whose tensors went through ``change(dict of arrays) -> dict of arrays``."""
+    write_random_checkpoint(folder, dict(num_hidden_layers=2))
+    arrays = change({n: t.numpy() for n, t in read_hf_checkpoint(folder).items()})
+    (folder / "model.safetensors").unlink()
+    codes = {"float32": "F32", "float16": "F16", "int64": "I64", "float64": "F64"}
+    stored = {n: StoredTensor(n, codes[a.dtype.name], a.shape, "", a) for n, a in arrays.items()}
+    write_safetensors(str(folder / "model.safetensors"), list(stored), stored)
+    return arrays
+
+
+def nothing_written(tmp_path):
+    return not any(name.startswith("out") for name in os.listdir(tmp_path))
+
+
+@pytest.mark.parametrize("change,words", [
+    (lambda a: {**a, "model.norm.weight": a["model.norm.weight"][:10]}, "'model.norm.weight' has shape (10,), but the config needs (64,)"),
+    (lambda a: {n: v for n, v in a.items() if n != "model.layers.1.mlp.up_proj.weight"}, "'model.layers.1.mlp.up_proj.weight' is missing"),
+    (lambda a: {**a, "model.layers.2.mlp.up_proj.weight": a["model.norm.weight"]}, "num_hidden_layers=2, but the checkpoint holds 3"),
+    (lambda a: {**a, "model.extra.weight": a["model.norm.weight"]}, "'model.extra.weight' is not part of a Llama"),
+    (lambda a: {**a, "model.norm.weight": a["model.norm.weight"].astype(np.int64)}, "'model.norm.weight' has dtype I64"),
+])
+def test_convert_refuses_tensors_that_disagree_with_the_config_before_writing(tmp_path, change, words):
+    source_with(tmp_path / "src", change)
+    refused(CheckpointError, lambda: convert(str(tmp_path / "src"), str(tmp_path / "out")), tmp_path / "src", words)
+    assert nothing_written(tmp_path)
+
+
+@pytest.mark.parametrize("bad", [0, -1, 1.5, float("inf"), float("nan"), True, "5", None])
+def test_convert_refuses_a_bad_max_shard_bytes(tmp_path, bad):
+    write_random_checkpoint(tmp_path / "src")
+    refused(ValueError, lambda: convert(str(tmp_path / "src"), str(tmp_path / "out"), bad), "max_shard_bytes", repr(bad))
+    assert nothing_written(tmp_path)
+
+
+def test_convert_widens_mixed_dtypes_exactly(tmp_path):
+    arrays = source_with(tmp_path / "src", lambda a: {n: v if n.endswith("norm.weight") else v.astype(np.float16)
+                                                      for n, v in a.items()})
+    assert {a.dtype.name for a in arrays.values()} == {"float32", "float16"}
+    convert(str(tmp_path / "src"), str(tmp_path / "out"), 100_000)
+    converted = read_hf_checkpoint(tmp_path / "out")
+    assert set(converted) == set(arrays) and {t.dtype for t in converted.values()} == {"F32"}
+    for name, array in arrays.items():
+        np.testing.assert_array_equal(converted[name].numpy(), array.astype(np.float32))
+    assert json.loads((tmp_path / "out" / "config.json").read_text())["torch_dtype"] == "float32"
+    one = source_with(tmp_path / "f16", lambda a: {n: v.astype(np.float16) for n, v in a.items()})
+    convert(str(tmp_path / "f16"), str(tmp_path / "out16"))  # one dtype: kept as it is
+    assert {t.dtype for t in read_hf_checkpoint(tmp_path / "out16").values()} == {"F16"} and len(one) == 21
+
+
+def test_convert_carries_every_tokenizer_file_unchanged(tmp_path):
+    src = tmp_path / "src"
+    write_random_checkpoint(src, tokenizer=True)
+    files = {"tokenizer_config.json": json.dumps({"tokenizer_class": "LlamaTokenizer", "pad_token": "<unk>",
+                                                  "model_max_length": 1234, "add_bos_token": True}),
+             "tokenizer.json": '{"version": "1.0", "model": {"type": "BPE"}}',
+             "special_tokens_map.json": '{"bos_token": "<s>", "pad_token": "<unk>"}',
+             "added_tokens.json": '{"<extra>": 512}', "generation_config.json": '{"do_sample": true, "temperature": 0.6}'}
+    for name, text in files.items():
+        (src / name).write_text(text)
+    convert(str(src), str(tmp_path / "out"))
+    for name in (*files, "tokenizer.model"):
+        assert (tmp_path / "out" / name).read_bytes() == (src / name).read_bytes(), name
+    write_random_checkpoint(tmp_path / "bare", tokenizer=True)  # only tokenizer.model: a default tokenizer_config.json
+    (tmp_path / "bare" / "tokenizer_config.json").unlink()
+    convert(str(tmp_path / "bare"), str(tmp_path / "out2"))
+    assert json.loads((tmp_path / "out2" / "tokenizer_config.json").read_text())["tokenizer_class"] == "LlamaTokenizer"
+
+
+def test_convert_restores_the_signal_handlers_it_replaced(tmp_path):
+    import signal
+    write_random_checkpoint(tmp_path / "src")
+    before = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT)}
+    seen = []
+    convert(str(tmp_path / "src"), str(tmp_path / "out"), progress=lambda name: seen.append(signal.getsignal(signal.SIGTERM)))
+    assert seen and all(h is not before[signal.SIGTERM] for h in seen)  # replaced while writing
+    assert {s: signal.getsignal(s) for s in before} == before
+
+
+CONVERT_AND_WAIT = """
+import sys, time
+from minillama.formats.convert import convert
+def progress(name):
+    print("writing", flush=True)
+    time.sleep(60)
+convert(sys.argv[1], sys.argv[2], 60_000, progress)
+"""
+
+
+@pytest.mark.parametrize("signame", ["SIGTERM", "SIGHUP", "SIGINT"])
+def test_convert_stopped_by_a_signal_leaves_no_partial_folder(tmp_path, signame):
+    import selectors
+    import signal
+    import subprocess
+    import sys
+    write_random_checkpoint(tmp_path / "src", max_shard_bytes=100_000)
+    env = {**os.environ, "PYTHONPATH": os.path.dirname(os.path.dirname(os.path.abspath(__file__)))}
+    child = subprocess.Popen([sys.executable, "-c", CONVERT_AND_WAIT, str(tmp_path / "src"), str(tmp_path / "out")],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    try:
+        selector = selectors.DefaultSelector()
+        selector.register(child.stdout, selectors.EVENT_READ)
+        assert selector.select(timeout=60), "convert did not start writing"
+        assert child.stdout.readline() == b"writing\n"
+        assert any(n.startswith("out.partial-") for n in os.listdir(tmp_path))  # the work folder exists now
+        child.send_signal(getattr(signal, signame))
+        child.wait(timeout=60)
+    finally:
+        child.kill()
+        child.wait()
+    signum = getattr(signal, signame)
+    # SIGINT: KeyboardInterrupt, which Python ends with the signal itself; the others: exit status 128 + signal
+    assert child.returncode == (-signum if signame == "SIGINT" else 128 + signum), child.stderr.read()
+    assert nothing_written(tmp_path), os.listdir(tmp_path)

@@ -24,7 +24,8 @@ import shutil
 import tempfile
 
 from ..errors import CheckpointError
-from ..files import inside_folder, read_json_object
+from ..files import inside_folder, open_regular_file, read_json_object
+from .names import layer_index
 from .safetensors import nbytes, read_safetensors, write_safetensors
 from .tensors import StoredTensor
 
@@ -103,59 +104,95 @@ def _read_sharded(folder: str, index_path: str, reader) -> dict[str, StoredTenso
 def hf_order(config, names) -> list[str]:
     """Tensor names in the order Hugging Face writes them: embedding, layers, final norm, head."""
     def key(name):
-        if name.startswith("model.embed_tokens"):
+        if name.startswith(("model.embed_tokens", "embed_tokens")):
             return (0, 0, name)
-        if name.startswith("model.layers."):
-            return (1, int(name.split(".")[2]), name)
-        return (2, 0 if name.startswith("model.norm") else 1, name)
+        if layer_index(name) is not None:
+            return (1, layer_index(name), name)
+        return (2, 0 if name.startswith(("model.norm", "norm")) else 1, name)
     return sorted(names, key=key)
 
 
+def shard_plan(names: list[str], tensors: dict, max_shard_bytes: int) -> list[list[str]]:
+    """Names grouped into shards of at most ``max_shard_bytes`` each (a larger tensor gets a shard of its own)."""
+    shards, current, size = [], [], 0
+    for name in names:
+        size_of = nbytes(tensors[name])
+        if current and size + size_of > max_shard_bytes:
+            shards.append(current)
+            current, size = [], 0
+        current.append(name)
+        size += size_of
+    shards.append(current)
+    return shards
+
+
+DEFAULT_TOKENIZER_CONFIG = {"tokenizer_class": "LlamaTokenizer", "bos_token": "<s>", "eos_token": "</s>",
+                            "unk_token": "<unk>", "add_bos_token": True, "add_eos_token": False}
+
+
 def write_hf_folder(config, tensors: dict, out: str, max_shard_bytes: int = 5 * 2**30, tokenizer_path: str | None = None,
-                    progress=None) -> list[str]:
-    """Write a Hugging Face checkpoint folder; returns the shard file names."""
+                    progress=None, extra_files: dict | None = None) -> list[str]:
+    """Write a Hugging Face checkpoint folder; returns the shard file names.
+
+    tokenizer_path: a ``tokenizer.model`` to copy in (with a default ``tokenizer_config.json``
+    unless ``extra_files`` brings one). extra_files: file name in the folder -> a file to copy
+    there unchanged (the source's tokenizer and generation files).
+    """
     out = os.fspath(out)
     if os.path.exists(out) and os.listdir(out):
         raise FileExistsError(f"{out} exists and is not empty; choose a new folder")
     parent = os.path.dirname(os.path.abspath(out))
     os.makedirs(parent, exist_ok=True)
-    work = tempfile.mkdtemp(prefix=os.path.basename(out) + ".partial-", dir=parent)
+    copies = dict(extra_files or {})
+    if tokenizer_path:
+        copies.setdefault("tokenizer.model", tokenizer_path)
+    work = None
     try:
-        names = hf_order(config, tensors)
-        shards, current, size = [], [], 0
-        for name in names:
-            size_of = nbytes(tensors[name])
-            if current and size + size_of > max_shard_bytes:
-                shards.append(current)
-                current, size = [], 0
-            current.append(name)
-            size += size_of
-        shards.append(current)
-        files = ["model.safetensors"] if len(shards) == 1 else \
-            [f"model-{i:05d}-of-{len(shards):05d}.safetensors" for i in range(1, len(shards) + 1)]
-        for file_name, shard in zip(files, shards):
-            write_safetensors(os.path.join(work, file_name), shard, tensors, progress)
-        if len(shards) > 1:
-            index = {"metadata": {"total_size": sum(nbytes(t) for t in tensors.values())},
-                     "weight_map": {n: f for f, shard in zip(files, shards) for n in shard}}
-            with open(os.path.join(work, "model.safetensors.index.json"), "w", encoding="utf-8") as f:
-                json.dump(index, f, indent=2)
-        stored = tensors[names[0]].dtype
-        config_dict = {**config.to_dict(), "architectures": ["LlamaForCausalLM"],
-                       "torch_dtype": DTYPE_NAMES.get(stored, "float32")}
-        config_dict.pop("num_labels", None)
-        with open(os.path.join(work, "config.json"), "w", encoding="utf-8") as f:
-            json.dump(config_dict, f, indent=2)
-        if tokenizer_path:
-            shutil.copyfile(tokenizer_path, os.path.join(work, "tokenizer.model"))
-            with open(os.path.join(work, "tokenizer_config.json"), "w", encoding="utf-8") as f:
-                json.dump({"tokenizer_class": "LlamaTokenizer", "bos_token": "<s>", "eos_token": "</s>",
-                           "unk_token": "<unk>", "add_bos_token": True, "add_eos_token": False}, f, indent=2)
+        work = tempfile.mkdtemp(prefix=os.path.basename(out) + ".partial-", dir=parent)
+        files = _write_weights(config, tensors, work, max_shard_bytes, progress)
+        for name, source in copies.items():
+            _copy_regular_file(source, os.path.join(work, name))
+        if "tokenizer.model" in copies and "tokenizer_config.json" not in copies:
+            _write_json(os.path.join(work, "tokenizer_config.json"), DEFAULT_TOKENIZER_CONFIG)
         os.chmod(work, 0o755)  # mkdtemp made it private
         if os.path.exists(out):
             os.rmdir(out)
         os.rename(work, out)
-    except BaseException:
-        shutil.rmtree(work, ignore_errors=True)
+    except BaseException:  # an error, Ctrl-C, or a signal turned into an exception (see convert): leave nothing
+        if work is not None:
+            shutil.rmtree(work, ignore_errors=True)
         raise
     return files
+
+
+def _write_weights(config, tensors: dict, work: str, max_shard_bytes: int, progress) -> list[str]:
+    """The safetensors shards, their index (when more than one) and config.json, in ``work``."""
+    names = hf_order(config, tensors)
+    shards = shard_plan(names, tensors, max_shard_bytes)
+    files = ["model.safetensors"] if len(shards) == 1 else \
+        [f"model-{i:05d}-of-{len(shards):05d}.safetensors" for i in range(1, len(shards) + 1)]
+    for file_name, shard in zip(files, shards):
+        write_safetensors(os.path.join(work, file_name), shard, tensors, progress)
+    if len(shards) > 1:
+        _write_json(os.path.join(work, "model.safetensors.index.json"),
+                    {"metadata": {"total_size": sum(nbytes(t) for t in tensors.values())},
+                     "weight_map": {n: f for f, shard in zip(files, shards) for n in shard}})
+    stored = tensors[names[0]].dtype
+    classifier = "score.weight" in tensors
+    config_dict = {**config.to_dict(), "torch_dtype": DTYPE_NAMES.get(stored, "float32"),
+                   "architectures": ["LlamaForSequenceClassification" if classifier else "LlamaForCausalLM"]}
+    if not classifier:
+        config_dict.pop("num_labels", None)
+    _write_json(os.path.join(work, "config.json"), config_dict)
+    return files
+
+
+def _write_json(path: str, value) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(value, f, indent=2)
+
+
+def _copy_regular_file(source: str, target: str) -> None:
+    """Copy a file byte for byte, refusing a FIFO or device (which could block the copy forever)."""
+    with open_regular_file(source, CheckpointError) as f, open(target, "wb") as g:
+        shutil.copyfileobj(f, g, 2**20)

@@ -11,6 +11,7 @@ import math
 from collections import Counter
 
 from .detect import open_checkpoint
+from .names import layer_index
 from .safetensors import nbytes
 
 GiB = 2**30
@@ -45,11 +46,9 @@ def params_per_layer(tensors: dict) -> dict[int, int]:
     """Layer index -> parameters the files hold for it, from the tensor names (``...layers.<i>.``)."""
     counts = Counter()
     for name, tensor in tensors.items():
-        parts = name.split(".")
-        for at, part in enumerate(parts[:-1]):
-            if part == "layers" and parts[at + 1].isdigit():
-                counts[int(parts[at + 1])] += math.prod(tensor.shape)
-                break
+        index = layer_index(name)
+        if index is not None:
+            counts[index] += math.prod(tensor.shape)
     return dict(counts)
 
 
