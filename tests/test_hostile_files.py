@@ -493,3 +493,123 @@ def test_convert_stopped_by_a_signal_leaves_no_partial_folder(tmp_path, signame)
     # SIGINT: KeyboardInterrupt, which Python ends with the signal itself; the others: exit status 128 + signal
     assert child.returncode == (-signum if signame == "SIGINT" else 128 + signum), child.stderr.read()
     assert nothing_written(tmp_path), os.listdir(tmp_path)
+
+
+# ---- regular files only: a FIFO or a device never blocks a read; JSON within limits ----------------
+
+def returns_within(seconds, call):
+    """Run ``call`` in a daemon thread; it must finish (return or raise) within ``seconds``. Returns its exception."""
+    import threading
+    outcome = []
+
+    def run():
+        try:
+            call()
+            outcome.append(None)
+        except BaseException as error:  # noqa: B902 - handed to the test
+            outcome.append(error)
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    assert outcome, f"still running after {seconds} s (blocked on a FIFO?)"
+    return outcome[0]
+
+
+def release(fifo):
+    """Unblock a reader that did open the FIFO (so a failing test leaves no thread stuck)."""
+    try:
+        os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+    except OSError:
+        pass
+
+
+def fifo_in_place_of(path):
+    if os.path.lexists(path):
+        os.unlink(path)
+    os.mkfifo(path)
+    return path
+
+
+needs_fifo = pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no FIFOs here")
+
+
+@needs_fifo
+@pytest.mark.parametrize("name,error", [("config.json", ConfigError), ("model.safetensors", CheckpointError),
+                                        ("model.safetensors.index.json", CheckpointError),
+                                        ("model-00002-of-00006.safetensors", CheckpointError),
+                                        ("pytorch_model.bin", CheckpointError)])
+def test_fifo_in_place_of_a_checkpoint_file_is_refused_at_once(tmp_path, name, error):
+    folder = tmp_path / "ckpt"
+    if name.startswith("model-") or name.endswith("index.json"):
+        sharded(folder)
+    else:
+        write_random_checkpoint(folder)
+        if name == "pytorch_model.bin":
+            (folder / "model.safetensors").unlink()
+    fifo = fifo_in_place_of(folder / name)
+    try:
+        caught = returns_within(10, lambda: minillama.load(folder))
+    finally:
+        release(fifo)
+    assert isinstance(caught, error), repr(caught)
+    assert "\n" not in str(caught) and str(fifo) in str(caught) and "not a regular file" in str(caught)
+
+
+@needs_fifo
+def test_fifo_given_as_the_checkpoint_or_tokenizer_is_refused_at_once(tmp_path):
+    for call, path in [(lambda p: minillama.load(p), tmp_path / "model.bin"),
+                       (lambda p: read_llama2c_checkpoint(str(p)), tmp_path / "direct.bin"),
+                       (lambda p: read_llama2c_tokenizer(str(p), 10), tmp_path / "tokenizer.bin"),
+                       (lambda p: read_safetensors(p), tmp_path / "x.safetensors"),
+                       (lambda p: LlamaConfig.from_json_file(p), tmp_path / "config.json")]:
+        fifo = fifo_in_place_of(path)
+        try:
+            caught = returns_within(10, lambda: call(fifo))
+        finally:
+            release(fifo)
+        assert isinstance(caught, (CheckpointError, ConfigError)) and str(fifo) in str(caught), repr(caught)
+
+
+@needs_fifo
+@pytest.mark.parametrize("name", ["tokenizer.model", "tokenizer_config.json", "generation_config.json"])
+def test_convert_refuses_a_fifo_among_the_tokenizer_files_before_writing(tmp_path, name):
+    write_random_checkpoint(tmp_path / "src", tokenizer=True)
+    fifo = fifo_in_place_of(tmp_path / "src" / name)
+    try:
+        caught = returns_within(10, lambda: convert(str(tmp_path / "src"), str(tmp_path / "out")))
+    finally:
+        release(fifo)
+    assert isinstance(caught, CheckpointError) and str(fifo) in str(caught), repr(caught)
+    assert nothing_written(tmp_path)
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/zero"), reason="no /dev/zero")
+def test_link_to_a_device_is_refused(tmp_path):
+    write_random_checkpoint(tmp_path)
+    (tmp_path / "model.safetensors").unlink()
+    os.symlink("/dev/zero", tmp_path / "model.safetensors")
+    refused(CheckpointError, lambda: minillama.load(tmp_path), tmp_path / "model.safetensors", "not a regular file")
+
+
+def test_oversized_json_files_are_refused_before_reading(tmp_path):
+    from minillama.files import JSON_LIMIT
+    index_path, _ = sharded(tmp_path / "ckpt")
+    with open(index_path, "r+b") as f:
+        f.truncate(JSON_LIMIT + 1)  # sparse: no disk used, but too large for an index
+    refused(CheckpointError, lambda: read_hf_checkpoint(tmp_path / "ckpt"), index_path, f"{JSON_LIMIT + 1} bytes is too large")
+    with open(tmp_path / "ckpt" / "config.json", "r+b") as f:
+        f.truncate(JSON_LIMIT + 1)
+    refused(ConfigError, lambda: minillama.load(tmp_path / "ckpt"), tmp_path / "ckpt" / "config.json", "too large")
+
+
+def test_the_package_never_imports_the_safetensors_library(tmp_path):
+    import subprocess
+    import sys
+    write_random_checkpoint(tmp_path / "src")
+    script = ("import sys; sys.modules['safetensors'] = None\n"  # any import of it would now fail
+              "import minillama\nfrom minillama.formats.convert import convert\n"
+              f"convert({str(tmp_path / 'src')!r}, {str(tmp_path / 'out')!r})\n"
+              f"print(minillama.load({str(tmp_path / 'out')!r})([[1, 2]]).logits.shape)")
+    env = {**os.environ, "PYTHONPATH": os.path.dirname(os.path.dirname(os.path.abspath(__file__)))}
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, env=env)
+    assert run.returncode == 0 and run.stdout.strip() == "(1, 2, 512)", run.stderr

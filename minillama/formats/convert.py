@@ -20,6 +20,7 @@ import signal
 import threading
 
 from ..errors import CheckpointError
+from ..files import check_regular_file
 from .detect import open_checkpoint
 from .hf import write_hf_folder
 from .names import layer_index, tensor_shapes
@@ -45,6 +46,8 @@ def convert(src: str, out: str, max_shard_bytes: int = 5 * 2**30, progress=None)
     tensors = checked_tensors(config, tensors, src)
     folder = src if os.path.isdir(src) else os.path.dirname(src)
     extra = {name: os.path.join(folder, name) for name in TOKENIZER_FILES if os.path.lexists(os.path.join(folder, name))}
+    for path in extra.values():
+        check_regular_file(path, CheckpointError)  # refused now, not after the weights are written
     with cleanup_on_termination():
         return write_hf_folder(config, tensors, out, max_shard_bytes, None, progress, extra_files=extra)
 

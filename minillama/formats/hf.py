@@ -24,7 +24,7 @@ import shutil
 import tempfile
 
 from ..errors import CheckpointError
-from ..files import inside_folder, open_regular_file, read_json_object
+from ..files import check_regular_file, inside_folder, open_regular_file, read_json_object
 from .names import layer_index
 from .safetensors import nbytes, read_safetensors, write_safetensors
 from .tensors import StoredTensor
@@ -34,6 +34,10 @@ DTYPE_NAMES = {"F32": "float32", "F16": "float16", "BF16": "bfloat16", "F64": "f
 
 def _read_pth(path: str) -> dict[str, StoredTensor]:
     from .pth import read_pth
+    try:
+        check_regular_file(path, CheckpointError)  # opening a FIFO to read it as a zip would block
+    except FileNotFoundError:
+        raise CheckpointError(f"weights file not found: {path}") from None
     return read_pth(path)
 
 
@@ -139,8 +143,8 @@ def write_hf_folder(config, tensors: dict, out: str, max_shard_bytes: int = 5 * 
     there unchanged (the source's tokenizer and generation files).
     """
     out = os.fspath(out)
-    if os.path.exists(out) and os.listdir(out):
-        raise FileExistsError(f"{out} exists and is not empty; choose a new folder")
+    if os.path.lexists(out) and (not os.path.isdir(out) or os.listdir(out)):
+        raise FileExistsError(f"{out} exists and is not empty (or not a folder); choose a new folder")
     parent = os.path.dirname(os.path.abspath(out))
     os.makedirs(parent, exist_ok=True)
     copies = dict(extra_files or {})

@@ -74,11 +74,16 @@ def read_llama2c_checkpoint(path: str) -> tuple[LlamaConfig, dict]:
     """Config and Hugging Face-named tensors of a llama2.c ``.bin`` (memory-mapped)."""
     path = os.fspath(path)
     try:
-        size = check_regular_file(path, CheckpointError)
+        check_regular_file(path, CheckpointError)
     except FileNotFoundError:
         raise CheckpointError(f"weights file not found: {path}") from None
-    with open_regular_file(path, CheckpointError) as f:
+    with open_regular_file(path, CheckpointError) as f:  # kept open: the map below is made from this handle
         version, p, shared, offset = _header(path, f.read(256))
+        return _index(path, f, os.fstat(f.fileno()).st_size, version, p, shared, offset)
+
+
+def _index(path: str, f, size: int, version: int, p: dict, shared: bool, offset: int) -> tuple[LlamaConfig, dict]:
+    """Config and tensors of a .bin whose header is read: every block mapped from the open file ``f``."""
     dim, hidden, layers, vocab = p["dim"], p["hidden_dim"], p["n_layers"], p["vocab_size"]
     heads, kv_heads = p["n_heads"], p["n_kv_heads"]
     head_dim = dim // heads
@@ -104,7 +109,7 @@ def read_llama2c_checkpoint(path: str) -> tuple[LlamaConfig, dict]:
         raise CheckpointError(f"{path}: {size - needed} bytes past what the header describes ({needed} bytes expected, "
                               f"the file has {size}; does the header give fewer layers than the file holds?)")
 
-    flat = np.memmap(path, dtype=np.float32, mode="r", offset=offset, shape=((needed - offset) // 4,))
+    flat = np.memmap(f, dtype=np.float32, mode="r", offset=offset, shape=((needed - offset) // 4,))
     arrays, at = {}, 0
     for name in order:
         n = math.prod(blocks[name])

@@ -33,12 +33,17 @@ ENTRY_KEYS = ("dtype", "shape", "data_offsets")
 def read_safetensors(path: str | os.PathLike) -> dict[str, StoredTensor]:
     """Index a .safetensors file: name -> StoredTensor, each backed by one shared memory map."""
     path = os.fspath(path)
-    header, data_start, file_size = _read_header(path)
-    entries = {name: _checked_entry(path, name, info) for name, info in header.items() if name != "__metadata__"}
-    _check_metadata(path, header.get("__metadata__"))
-    data_size = file_size - data_start
-    _check_layout(path, entries, data_size)
-    mapped = np.memmap(path, dtype=np.uint8, mode="r", offset=data_start, shape=(data_size,)) if data_size else None
+    try:
+        check_regular_file(path, CheckpointError)
+    except FileNotFoundError:
+        raise CheckpointError(f"weights file not found: {path}") from None
+    with open_regular_file(path, CheckpointError) as f:  # the map is made from this handle: no second open
+        header, data_start, file_size = _read_header(path, f)
+        entries = {name: _checked_entry(path, name, info) for name, info in header.items() if name != "__metadata__"}
+        _check_metadata(path, header.get("__metadata__"))
+        data_size = file_size - data_start
+        _check_layout(path, entries, data_size)
+        mapped = np.memmap(f, dtype=np.uint8, mode="r", offset=data_start, shape=(data_size,)) if data_size else None
     tensors = {}
     for name, (dtype_name, shape, (begin, end)) in entries.items():
         item = np.dtype(STORED_DTYPES[dtype_name])
@@ -47,22 +52,18 @@ def read_safetensors(path: str | os.PathLike) -> dict[str, StoredTensor]:
     return tensors
 
 
-def _read_header(path: str) -> tuple[dict, int, int]:
+def _read_header(path: str, f) -> tuple[dict, int, int]:
     """(header object, where the data starts, file size), the header read within the format's limits."""
-    try:
-        file_size = check_regular_file(path, CheckpointError)
-    except FileNotFoundError:
-        raise CheckpointError(f"weights file not found: {path}") from None
-    with open_regular_file(path, CheckpointError) as f:
-        prefix = f.read(8)
-        if len(prefix) < 8:
-            raise CheckpointError(f"{path}: too short to be a safetensors file ({file_size} bytes)")
-        (header_len,) = struct.unpack("<Q", prefix)
-        if header_len > MAX_HEADER_BYTES:
-            raise CheckpointError(f"{path}: header length {header_len} is over the format's limit of {MAX_HEADER_BYTES} bytes")
-        if header_len > file_size - 8:
-            raise CheckpointError(f"{path}: header length {header_len} runs past the end of the file ({file_size} bytes)")
-        header_bytes = f.read(header_len)
+    file_size = os.fstat(f.fileno()).st_size
+    prefix = f.read(8)
+    if len(prefix) < 8:
+        raise CheckpointError(f"{path}: too short to be a safetensors file ({file_size} bytes)")
+    (header_len,) = struct.unpack("<Q", prefix)
+    if header_len > MAX_HEADER_BYTES:
+        raise CheckpointError(f"{path}: header length {header_len} is over the format's limit of {MAX_HEADER_BYTES} bytes")
+    if header_len > file_size - 8:
+        raise CheckpointError(f"{path}: header length {header_len} runs past the end of the file ({file_size} bytes)")
+    header_bytes = f.read(header_len)
     if len(header_bytes) < header_len:
         raise CheckpointError(f"{path}: the file shrank while its header was read")
     try:
