@@ -613,3 +613,41 @@ def test_the_package_never_imports_the_safetensors_library(tmp_path):
     env = {**os.environ, "PYTHONPATH": os.path.dirname(os.path.dirname(os.path.abspath(__file__)))}
     run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, env=env)
     assert run.returncode == 0 and run.stdout.strip() == "(1, 2, 512)", run.stderr
+
+
+# ---- no value of any field, no byte of a header, gives anything but the documented errors ----------
+
+HOSTILE_VALUES = [None, True, False, -1, 0, 1, 3, 1.5, float("inf"), float("nan"), 10**30, "8", "", [], [1], {}, {"a": 1}]
+
+
+def test_no_value_of_any_config_field_gives_a_traceback():
+    import dataclasses
+    fields = [f.name for f in dataclasses.fields(LlamaConfig) if f.name != "source"]
+    fields += ["rope_parameters", "id2label", "dtype"]
+    for name in fields:
+        for value in HOSTILE_VALUES:
+            try:
+                LlamaConfig.from_dict({**TINY_CONFIG, name: value}, source="fuzz.json")
+            except ConfigError as error:
+                assert "\n" not in str(error) and str(error).startswith("fuzz.json: "), (name, value, error)
+
+
+def test_no_byte_of_a_safetensors_header_gives_a_traceback(tmp_path):
+    values = np.arange(2, dtype=np.float32).tobytes() + np.arange(4, dtype=np.float16).tobytes()
+    good = raw_safetensors(tmp_path / "good.safetensors", GOOD, values).read_bytes()
+    rng = np.random.default_rng(0)
+    path = tmp_path / "fuzz.safetensors"
+    outcomes = set()
+    for trial in range(400):
+        data = bytearray(good)
+        for _ in range(int(rng.integers(1, 4))):
+            at = int(rng.integers(0, 8 + len(json.dumps(GOOD))))  # the length prefix and the header
+            data[at] = int(rng.integers(0, 256))
+        path.write_bytes(bytes(data))
+        try:
+            read_safetensors(path)
+            outcomes.add("read")
+        except CheckpointError as error:
+            assert "\n" not in str(error) and str(path) in str(error), error
+            outcomes.add("refused")
+    assert outcomes == {"read", "refused"}
