@@ -128,6 +128,37 @@ def test_convert_refuses_tensors_that_disagree_with_the_config_before_writing(tm
     assert nothing_written(tmp_path)
 
 
+def test_convert_refuses_a_billion_layer_config_at_once(tmp_path):
+    import time
+    write_random_checkpoint(tmp_path / "src", dict(num_hidden_layers=2))
+    config = json.loads((tmp_path / "src" / "config.json").read_text())
+    (tmp_path / "src" / "config.json").write_text(json.dumps({**config, "num_hidden_layers": 10**9}))
+    start = time.perf_counter()
+    refused(CheckpointError, lambda: convert(str(tmp_path / "src"), str(tmp_path / "out")), "num_hidden_layers=1000000000")
+    assert time.perf_counter() - start < 5 and nothing_written(tmp_path)
+
+
+def test_convert_of_a_meta_folder_takes_the_tokenizer_from_beside_it(tmp_path):
+    from pth_writer import write_pth
+    rng = np.random.default_rng(0)
+    dim, hidden, vocab = 64, 192, 96  # Meta's rule: 2/3 of 4 * dim, rounded up to multiple_of=32
+    shapes = {"tok_embeddings.weight": (vocab, dim), "norm.weight": (dim,), "output.weight": (vocab, dim)}
+    for i in range(2):
+        shapes.update({f"layers.{i}.attention_norm.weight": (dim,), f"layers.{i}.ffn_norm.weight": (dim,),
+                       f"layers.{i}.feed_forward.w1.weight": (hidden, dim), f"layers.{i}.feed_forward.w3.weight": (hidden, dim),
+                       f"layers.{i}.feed_forward.w2.weight": (dim, hidden)})
+        shapes.update({f"layers.{i}.attention.{w}.weight": (dim, dim) for w in ("wq", "wk", "wv", "wo")})
+    folder = tmp_path / "download" / "llama-2-tiny"
+    folder.mkdir(parents=True)
+    write_pth(folder / "consolidated.00.pth", {n: rng.standard_normal(s).astype(np.float32) for n, s in shapes.items()})
+    (folder / "params.json").write_text(json.dumps({"dim": dim, "n_layers": 2, "n_heads": 4, "multiple_of": 32,
+                                                    "norm_eps": 1e-5, "vocab_size": vocab}))
+    (tmp_path / "download" / "tokenizer.model").write_bytes(b"a sentencepiece model")
+    convert(str(folder), str(tmp_path / "out"))
+    assert (tmp_path / "out" / "tokenizer.model").read_bytes() == b"a sentencepiece model"
+    assert minillama.load(tmp_path / "out")(np.array([[1, 2]])).logits.shape == (1, 2, vocab)
+
+
 @pytest.mark.parametrize("bad", [0, -1, 1.5, float("inf"), float("nan"), True, "5", None])
 def test_convert_refuses_a_bad_max_shard_bytes(tmp_path, bad):
     write_random_checkpoint(tmp_path / "src")

@@ -42,10 +42,13 @@ def convert(src: str, out: str, max_shard_bytes: int = 5 * 2**30, progress=None)
     if isinstance(max_shard_bytes, bool) or not isinstance(max_shard_bytes, int) or max_shard_bytes < 1:
         raise ValueError(f"max_shard_bytes must be a positive integer number of bytes, got {max_shard_bytes!r}")
     src, out = os.fspath(src), os.fspath(out)
-    config, tensors, _ = open_checkpoint(src)
+    config, tensors, fmt = open_checkpoint(src)
     tensors = checked_tensors(config, tensors, src)
     folder = src if os.path.isdir(src) else os.path.dirname(src)
     extra = {name: os.path.join(folder, name) for name in TOKENIZER_FILES if os.path.lexists(os.path.join(folder, name))}
+    shared_tokenizer = os.path.join(os.path.dirname(os.path.abspath(folder)), "tokenizer.model")
+    if fmt == "meta" and "tokenizer.model" not in extra and os.path.lexists(shared_tokenizer):
+        extra["tokenizer.model"] = shared_tokenizer  # Meta's download keeps it beside the model folders
     for path in extra.values():
         check_regular_file(path, CheckpointError)  # refused now, not after the weights are written
     with cleanup_on_termination():
@@ -56,7 +59,8 @@ def checked_tensors(config, tensors: dict, source: str) -> dict:
     """The tensors to write, held to ``config``: every name and shape it needs, nothing else, one float dtype."""
     prefix = "model." if any(name.startswith("model.") for name in tensors) else ""
     held = {layer_index(name) for name in tensors} - {None}
-    if held != set(range(config.num_hidden_layers)):
+    # layers 0 .. n-1 exactly, without building range(n): a hostile config can claim 10**9 layers
+    if len(held) != config.num_hidden_layers or (held and (min(held), max(held)) != (0, len(held) - 1)):
         raise CheckpointError(f"{source}: the config has num_hidden_layers={config.num_hidden_layers}, "
                               f"but the checkpoint holds {len(held)} layers")
     head = "score" if "score.weight" in tensors else "lm_head" if prefix else None
