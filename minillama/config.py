@@ -10,11 +10,15 @@ and names the one that is wrong.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from dataclasses import dataclass, field
 
 from .errors import ConfigError
 from .files import read_json_object
+
+POSITIVE_INT_FIELDS = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+                       "num_key_value_heads", "max_position_embeddings", "pretraining_tp", "num_labels")
 
 # The rope scaling types minillama implements, with the keys each one needs.
 ROPE_SCALING_KEYS = {
@@ -63,17 +67,23 @@ class LlamaConfig:
     @classmethod
     def from_dict(cls, raw: dict, source: str = "<dict>") -> "LlamaConfig":
         """Build a config from the dict of a ``config.json``; unknown keys are ignored."""
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{source}: a config must be a JSON object, got {type(raw).__name__}")
         raw = dict(raw)
         rope_theta = raw.get("rope_theta", 10000.0)
         rope_scaling = raw.get("rope_scaling")
         # transformers 5 writes one "rope_parameters" dict that holds rope_theta and the scaling.
         rope_parameters = raw.get("rope_parameters")
+        if rope_parameters is not None and not isinstance(rope_parameters, dict):
+            raise ConfigError(f"{source}: rope_parameters must be an object or null, got {_short(rope_parameters)}")
         if isinstance(rope_parameters, dict):
             rope_theta = rope_parameters.get("rope_theta", rope_theta)
             rope_scaling = {k: v for k, v in rope_parameters.items() if k != "rope_theta"}
         raw["rope_theta"] = rope_theta
         raw["rope_scaling"] = _normalise_rope_scaling(rope_scaling, source)
         if "id2label" in raw and "num_labels" not in raw:
+            if not isinstance(raw["id2label"], (dict, list)):
+                raise ConfigError(f"{source}: id2label must be an object, got {_short(raw['id2label'])}")
             raw["num_labels"] = len(raw["id2label"])
         if "torch_dtype" not in raw and "dtype" in raw:
             raw["torch_dtype"] = raw["dtype"]
@@ -113,33 +123,43 @@ class LlamaConfig:
     def _fail(self, message: str):
         raise ConfigError(f"{self.source}: {message}")
 
+    def _validate_token_ids(self) -> None:
+        if self.pad_token_id is not None and (not _is_int(self.pad_token_id) or not 0 <= self.pad_token_id < self.vocab_size):
+            self._fail(f"pad_token_id must be None or in [0, vocab_size={self.vocab_size}), got {_short(self.pad_token_id)}")
+        if self.bos_token_id is not None and not _is_token_id(self.bos_token_id):
+            self._fail(f"bos_token_id must be a non-negative integer or null, got {_short(self.bos_token_id)}")
+        eos = self.eos_token_id
+        if eos is not None and not (_is_token_id(eos) or (isinstance(eos, list) and all(_is_token_id(t) for t in eos))):
+            self._fail(f"eos_token_id must be a non-negative integer, a list of them, or null, got {_short(eos)}")
+
     def validate(self) -> None:
         """Check every field; raise ConfigError naming the first bad one."""
-        for name in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
-                     "num_attention_heads", "num_key_value_heads", "max_position_embeddings",
-                     "pretraining_tp", "num_labels"):
+        for name in POSITIVE_INT_FIELDS:
             value = getattr(self, name)
             if not _is_int(value) or value < 1:
-                self._fail(f"{name} must be a positive integer, got {value!r}")
+                self._fail(f"{name} must be a positive integer, got {_short(value)}")
         if self.head_dim is None:
             self._fail(f"hidden_size ({self.hidden_size}) is not divisible by num_attention_heads "
                        f"({self.num_attention_heads}); set head_dim explicitly")
         if not _is_int(self.head_dim) or self.head_dim < 2 or self.head_dim % 2:
-            self._fail(f"head_dim must be a positive even integer (rotary embeddings rotate pairs), got {self.head_dim!r}")
+            self._fail(f"head_dim must be a positive even integer (rotary embeddings rotate pairs), got {_short(self.head_dim)}")
         if self.num_attention_heads % self.num_key_value_heads:
             self._fail(f"num_attention_heads ({self.num_attention_heads}) must be divisible by "
                        f"num_key_value_heads ({self.num_key_value_heads})")
         if self.hidden_act != "silu":
-            self._fail(f"hidden_act must be 'silu' for Llama, got {self.hidden_act!r}")
-        if not _is_number(self.rms_norm_eps) or not self.rms_norm_eps > 0:
-            self._fail(f"rms_norm_eps must be a positive number, got {self.rms_norm_eps!r}")
-        if not _is_number(self.rope_theta) or not self.rope_theta > 0:
-            self._fail(f"rope_theta must be a positive number, got {self.rope_theta!r}")
+            self._fail(f"hidden_act must be 'silu' for Llama, got {_short(self.hidden_act)}")
+        for name in ("rms_norm_eps", "rope_theta"):
+            if not _is_positive_number(getattr(self, name)):
+                self._fail(f"{name} must be a finite positive number, got {_short(getattr(self, name))}")
         for name in ("attention_bias", "mlp_bias", "tie_word_embeddings"):
             if not isinstance(getattr(self, name), bool):
-                self._fail(f"{name} must be true or false, got {getattr(self, name)!r}")
-        if self.pad_token_id is not None and (not _is_int(self.pad_token_id) or not 0 <= self.pad_token_id < self.vocab_size):
-            self._fail(f"pad_token_id must be None or in [0, vocab_size={self.vocab_size}), got {self.pad_token_id!r}")
+                self._fail(f"{name} must be true or false, got {_short(getattr(self, name))}")
+        self._validate_token_ids()
+        for name in ("torch_dtype", "architectures"):
+            value = getattr(self, name)
+            wanted = str if name == "torch_dtype" else list
+            if value is not None and not (isinstance(value, wanted) and (wanted is str or all(isinstance(v, str) for v in value))):
+                self._fail(f"{name} must be {'a string' if wanted is str else 'a list of strings'} or null, got {_short(value)}")
         if self.pretraining_tp > 1:
             for name in ("intermediate_size", "vocab_size"):
                 if getattr(self, name) % self.pretraining_tp:
@@ -161,19 +181,19 @@ def _normalise_rope_scaling(scaling, source: str) -> dict | None:
     if scaling is None:
         return None
     if not isinstance(scaling, dict):
-        raise ConfigError(f"{source}: rope_scaling must be a dict or null, got {scaling!r}")
+        raise ConfigError(f"{source}: rope_scaling must be a dict or null, got {_short(scaling)}")
     scaling = dict(scaling)
     rope_type = scaling.pop("rope_type", None) or scaling.pop("type", None) or "default"
     scaling.pop("type", None)
     if rope_type == "default":
         return None
-    if rope_type not in ROPE_SCALING_KEYS:
-        raise ConfigError(f"{source}: unknown rope_scaling type {rope_type!r}; "
+    if not isinstance(rope_type, str) or rope_type not in ROPE_SCALING_KEYS:
+        raise ConfigError(f"{source}: unknown rope_scaling type {_short(rope_type)}; "
                           f"minillama supports {sorted(ROPE_SCALING_KEYS)}")
     for key in ROPE_SCALING_KEYS[rope_type]:
-        if not _is_number(scaling.get(key)) or not scaling[key] > 0:
-            raise ConfigError(f"{source}: rope_scaling type {rope_type!r} needs a positive number "
-                              f"rope_scaling[{key!r}], got {scaling.get(key)!r}")
+        if not _is_positive_number(scaling.get(key)):
+            raise ConfigError(f"{source}: rope_scaling type {rope_type!r} needs a finite positive number "
+                              f"rope_scaling[{key!r}], got {_short(scaling.get(key))}")
     if rope_type == "llama3" and not scaling["high_freq_factor"] > scaling["low_freq_factor"]:
         raise ConfigError(f"{source}: rope_scaling['high_freq_factor'] must exceed rope_scaling['low_freq_factor']")
     return {"rope_type": rope_type, **scaling}
@@ -185,3 +205,18 @@ def _is_int(value) -> bool:
 
 def _is_number(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _is_positive_number(value) -> bool:
+    """A finite number above zero (not a bool, not NaN, not infinity: JSON's 1e999 reads as infinity)."""
+    return _is_number(value) and (isinstance(value, int) or math.isfinite(value)) and value > 0
+
+
+def _is_token_id(value) -> bool:
+    return _is_int(value) and value >= 0
+
+
+def _short(value, limit: int = 60) -> str:
+    """repr(value), cut to ``limit`` characters: a message stays one short line whatever a file holds."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."

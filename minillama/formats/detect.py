@@ -11,16 +11,19 @@ import os
 
 from ..config import LlamaConfig
 from ..errors import CheckpointError
+from ..files import check_regular_file
 from .hf import read_hf_checkpoint
 
 FORMATS = ("hf", "meta", "llama2c")
 
 
 def detect_format(path) -> str:
+    """"hf", "meta" or "llama2c": what the folder (or file) at ``path`` holds."""
     path = os.fspath(path)
     if not os.path.exists(path):
         raise FileNotFoundError(f"checkpoint not found: {path}")
-    if os.path.isfile(path):
+    if not os.path.isdir(path):
+        check_regular_file(path, CheckpointError)  # a FIFO or device is refused here, before anything opens it
         if path.endswith(".bin") and os.path.basename(path) != "pytorch_model.bin":
             return "llama2c"
         if os.path.basename(path) == "config.json":
@@ -30,10 +33,15 @@ def detect_format(path) -> str:
         return "hf"
     if os.path.exists(os.path.join(path, "params.json")):
         return "meta"
-    bins = [n for n in os.listdir(path) if n.endswith(".bin") and n != "tokenizer.bin" and not n.startswith("pytorch_model")]
-    if len(bins) == 1:
+    if len(_llama2c_files(path)) == 1:
         return "llama2c"
     raise FileNotFoundError(f"{path}: no config.json (Hugging Face), params.json (Meta) or llama2.c .bin found")
+
+
+def _llama2c_files(folder: str) -> list[str]:
+    """The .bin files of a folder that can be llama2.c checkpoints (not its tokenizer, not PyTorch weights)."""
+    return sorted(n for n in os.listdir(folder)
+                  if n.endswith(".bin") and n != "tokenizer.bin" and not n.startswith("pytorch_model"))
 
 
 def open_checkpoint(path) -> tuple[LlamaConfig, dict, str]:
@@ -49,6 +57,6 @@ def open_checkpoint(path) -> tuple[LlamaConfig, dict, str]:
         return config, tensors, fmt
     from .llama2c import read_llama2c_checkpoint
     if os.path.isdir(path):
-        path = os.path.join(path, next(n for n in os.listdir(path) if n.endswith(".bin") and n != "tokenizer.bin"))
+        path = os.path.join(path, _llama2c_files(path)[0])
     config, tensors = read_llama2c_checkpoint(path)
     return config, tensors, fmt

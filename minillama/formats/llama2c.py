@@ -17,6 +17,7 @@ permuted to the rotate-half layout on loading, as for Meta's checkpoints.
 
 from __future__ import annotations
 
+import math
 import os
 import struct
 
@@ -24,10 +25,12 @@ import numpy as np
 
 from ..config import LlamaConfig
 from ..errors import CheckpointError
+from ..files import MiB, check_regular_file, open_regular_file, read_limited
 from ..tokenizer.bpe import BPETokenizer, BYTE, CONTROL, NORMAL, SPACE, UNKNOWN, SentencePieceModel
 from .tensors import DerivedTensor, StoredTensor
 
 MAGIC = 0x616B3432  # "ak42" little-endian
+TOKENIZER_LIMIT = 64 * MiB  # Llama 2's 32000 tokens take 0.4 MiB
 
 
 def _header(path: str, data: bytes):
@@ -51,18 +54,36 @@ def _header(path: str, data: bytes):
     fields = dict(zip(("dim", "hidden_dim", "n_layers", "n_heads", "n_kv_heads", "vocab_size", "seq_len"), values))
     if version not in (0, 1):
         raise CheckpointError(f"{path}: llama2.c version {version} is not supported (versions 0 and 1, float32, are)")
-    if any(v <= 0 for v in fields.values()) or fields["dim"] % fields["n_heads"]:
-        raise CheckpointError(f"{path}: not a llama2.c checkpoint (header {fields})")
+    _check_fields(path, fields)
     return version, fields, shared, header_size
+
+
+def _check_fields(path: str, fields: dict) -> None:
+    """Header fields positive and consistent with one another (the file size is checked against them later)."""
+    bad = [f"{k}={v}" for k, v in fields.items() if v <= 0]
+    if bad:
+        raise CheckpointError(f"{path}: not a llama2.c checkpoint: header fields must be positive, got {', '.join(bad)}")
+    dim, heads, kv_heads = fields["dim"], fields["n_heads"], fields["n_kv_heads"]
+    if dim % heads or (dim // heads) % 2:
+        raise CheckpointError(f"{path}: not a llama2.c checkpoint: dim={dim} must be n_heads={heads} times an even head size")
+    if heads % kv_heads:
+        raise CheckpointError(f"{path}: not a llama2.c checkpoint: n_heads={heads} must be a multiple of n_kv_heads={kv_heads}")
 
 
 def read_llama2c_checkpoint(path: str) -> tuple[LlamaConfig, dict]:
     """Config and Hugging Face-named tensors of a llama2.c ``.bin`` (memory-mapped)."""
     path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise CheckpointError(f"weights file not found: {path}")
-    with open(path, "rb") as f:
+    try:
+        check_regular_file(path, CheckpointError)
+    except FileNotFoundError:
+        raise CheckpointError(f"weights file not found: {path}") from None
+    with open_regular_file(path, CheckpointError) as f:  # kept open: the map below is made from this handle
         version, p, shared, offset = _header(path, f.read(256))
+        return _index(path, f, os.fstat(f.fileno()).st_size, version, p, shared, offset)
+
+
+def _index(path: str, f, size: int, version: int, p: dict, shared: bool, offset: int) -> tuple[LlamaConfig, dict]:
+    """Config and tensors of a .bin whose header is read: every block mapped from the open file ``f``."""
     dim, hidden, layers, vocab = p["dim"], p["hidden_dim"], p["n_layers"], p["vocab_size"]
     heads, kv_heads = p["n_heads"], p["n_kv_heads"]
     head_dim = dim // heads
@@ -81,15 +102,17 @@ def read_llama2c_checkpoint(path: str) -> tuple[LlamaConfig, dict]:
         order = ["rms_att", "rms_ffn", "rms_final", "embed", "wq", "wk", "wv", "wo", "w1", "w2", "w3"]
     if not shared:
         order.append("wcls")
-    needed = offset + 4 * sum(int(np.prod(blocks[name])) for name in order)
-    size = os.path.getsize(path)
+    needed = offset + 4 * sum(math.prod(blocks[name]) for name in order)  # Python ints: no overflow
     if size < needed:
         raise CheckpointError(f"{path}: truncated: the header describes {needed} bytes, the file has {size}")
+    if size > needed:
+        raise CheckpointError(f"{path}: {size - needed} bytes past what the header describes ({needed} bytes expected, "
+                              f"the file has {size}; does the header give fewer layers than the file holds?)")
 
-    flat = np.memmap(path, dtype=np.float32, mode="r", offset=offset, shape=((needed - offset) // 4,))
+    flat = np.memmap(f, dtype=np.float32, mode="r", offset=offset, shape=((needed - offset) // 4,))
     arrays, at = {}, 0
     for name in order:
-        n = int(np.prod(blocks[name]))
+        n = math.prod(blocks[name])
         arrays[name] = flat[at:at + n].reshape(blocks[name])
         at += n
 
@@ -123,13 +146,14 @@ def read_llama2c_tokenizer(path: str, vocab_size: int) -> BPETokenizer:
     The file is an int32 max token length, then per token a float32 score, an
     int32 byte length and the UTF-8 bytes, with spaces where sentencepiece has "▁".
     """
-    with open(path, "rb") as f:
-        data = f.read()
+    data = read_limited(path, TOKENIZER_LIMIT, CheckpointError, "llama2.c tokenizer")
     pieces, scores, types, at = [], [], [], 4
     for i in range(vocab_size):
         if at + 8 > len(data):
             raise CheckpointError(f"{path}: truncated at token {i} of {vocab_size}")
         score, length = struct.unpack("<fi", data[at:at + 8])
+        if not 0 <= length <= len(data) - at - 8:
+            raise CheckpointError(f"{path}: token {i} claims {length} bytes, but {len(data) - at - 8} remain")
         piece = data[at + 8:at + 8 + length].decode("utf-8", errors="replace")
         at += 8 + length
         if i == 0:

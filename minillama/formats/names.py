@@ -53,3 +53,12 @@ def tensor_shapes(config, head: str | None = "lm_head") -> dict[str, tuple]:
     elif head == "score":
         shapes["score.weight"] = (c.num_labels, c.hidden_size)
     return shapes
+
+
+def layer_index(name: str) -> int | None:
+    """The decoder layer a tensor name belongs to (``model.layers.3.mlp...`` -> 3), or None."""
+    parts = name.split(".")
+    for at, part in enumerate(parts[:-1]):
+        if part == "layers" and parts[at + 1].isdigit():
+            return int(parts[at + 1])
+    return None

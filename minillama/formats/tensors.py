@@ -145,3 +145,21 @@ def rotate_half_to_interleaved(weight: np.ndarray, n_heads: int) -> np.ndarray:
     rows, cols = weight.shape
     half = rows // n_heads // 2
     return weight.reshape(n_heads, 2, half, cols).swapaxes(1, 2).reshape(rows, cols)
+
+
+@dataclass
+class CastTensor:
+    """A tensor presented in another float dtype, converted when read (``convert`` widens a
+    checkpoint of mixed dtypes to one: float16 and bfloat16 widen to float32 exactly)."""
+
+    name: str
+    dtype: str  # the dtype name it is presented in: "F32" or "F64"
+    shape: tuple
+    path: str
+    source: object  # the stored or derived tensor, with .numpy(dtype)
+
+    def raw(self) -> np.ndarray:
+        return self.source.numpy(STORED_DTYPES[self.dtype])
+
+    def numpy(self, dtype=None) -> np.ndarray:
+        return widen(self.raw(), self.dtype, dtype)
