@@ -37,7 +37,7 @@ def run_convert(args) -> None:
 def run_inspect(args) -> None:
     from ..formats.report import describe
     # --context None: describe() sizes the KV cache for the model's own max_position_embeddings.
-    print(describe(args.path) if args.context is None else describe(args.path, args.context))
+    print(describe(args.path, args.context))
 
 
 def run_make_tiny(args) -> None:
