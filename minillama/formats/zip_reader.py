@@ -95,6 +95,8 @@ class ZipReader:
         if info.compress_type not in METHODS:
             raise CheckpointError(f"{where} uses compression method {info.compress_type}; "
                                   "only stored and deflate are read")
+        if info.header_offset < 0:  # zipfile shifts offsets when the directory is not where the end record says
+            raise CheckpointError(f"{where}: its offset is before the start of the file (truncated or corrupt zip)")
         self.file.seek(info.header_offset)
         header = self.file.read(LOCAL_HEADER.size)
         if len(header) < LOCAL_HEADER.size:
@@ -112,7 +114,7 @@ class ZipReader:
         deferred = bool(flags & DATA_DESCRIPTOR)  # sizes written after the data: the local ones may be 0
         local_sizes = local_zip64_sizes(extra, size, compressed)
         if not (sizes_agree(local_sizes, (info.file_size, info.compress_size), deferred)):
-            raise CheckpointError(f"{where}: the local header's sizes {local_sizes} disagree with the central "
+            raise CheckpointError(f"{where}: the local header's sizes (uncompressed, compressed) {local_sizes} disagree with the central "
                                   f"directory's {(info.file_size, info.compress_size)}")
         if info.compress_type == zipfile.ZIP_STORED and info.compress_size != info.file_size:
             raise CheckpointError(f"{where} is stored but its two sizes differ")
