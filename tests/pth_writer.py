@@ -173,5 +173,6 @@ def archive_members(pickle_bytes: bytes, storages: dict[str, bytes], prefix: str
 def small_state() -> tuple[bytes, dict[str, bytes]]:
     """A valid one-tensor state dict, "w" = arange(6) as a (2, 3) float32: its pickle and storages."""
     storage = op_storage("FloatStorage", "0", 6)
-    return op_state_dict([("w", op_tensor(storage, 0, (2, 3), (3, 1)))]), {"0": np.arange(6, dtype=np.float32).tobytes()}
+    values = np.arange(6, dtype=np.float32)
+    return op_state_dict([("w", op_tensor(storage, 0, (2, 3), (3, 1)))]), {"0": values.tobytes()}
 

@@ -209,3 +209,148 @@ def test_bad_pickle_programs_are_refused(tmp_path, body, words):
 
 def test_a_pickle_without_stop_is_refused(tmp_path):
     refused(write_pickle(tmp_path, PROTO + EMPTY_DICT), "truncated")
+
+
+# ---- tensor records --------------------------------------------------------------------------------
+
+STORAGE = op_storage("FloatStorage", "0", 6)  # the storage write_pickle provides: arange(6) as float32
+
+
+def tensor(storage=STORAGE, offset=0, size=(2, 3), stride=(3, 1), requires_grad=False, hooks=None, extra=()):
+    """A _rebuild_tensor_v2 call with each argument given as a value (turned into opcodes) or as raw opcodes."""
+    args = [storage, offset, size, stride, requires_grad]
+    return op_rebuild(*[a if isinstance(a, bytes) else op_value(a) for a in args], hooks or op_hooks(), *extra)
+
+
+def write_tensor(tmp_path, value_ops: bytes, name="bad.pth"):
+    return write_pickle(tmp_path, op_state_dict([("w", value_ops)]), name)
+
+
+@pytest.mark.parametrize("value,words", [
+    (op_value(("tensor", 0, 0, (2, 3), (3, 1))), ["is a tuple, not a tensor"]),
+    (op_tuple(op_str("tensor"), STORAGE, op_int(0), op_value((2, 3)), op_value((3, 1))), ["is a tuple"]),
+    (b"]", ["is a list, not a tensor"]),
+    (tensor(storage=7), ["storage is a int"]),
+    (tensor(storage="0"), ["storage is a str"]),
+    (tensor(size=("2", "3")), ["size must be a tuple of non-negative ints", "str"]),
+    (tensor(size=(True, 3), stride=(3, 1)), ["size", "bool"]),
+    (tensor(offset=True), ["offset must be a non-negative int", "True"]),
+    (tensor(size=b"]" + op_int(2) + b"a" + op_int(3) + b"a"), ["size must be a tuple", "got a list"]),
+    (tensor(offset=-1), ["offset must be a non-negative int", "-1"]),
+    (tensor(stride=(3, -1)), ["stride must be a tuple of non-negative ints", r"got \(3, -1\)"]),  # mixed
+    (tensor(size=(6,), stride=(-1,), offset=5), ["stride must be"]),  # a reversed view
+    (tensor(offset=2**100), ["offset", "an int of 101 bits", "past the end of its storage"]),
+    (tensor(size=(2**100,), stride=(1,)), ["reaches past the end of its storage of 6 elements"]),
+    (tensor(size=(2, 2**100), stride=(2**100, 1)), ["reaches past the end"]),
+    (tensor(size=(2, 4), stride=(4, 1)), [r"shape \(2, 4\)", "reaches past the end"]),  # 8 elements of 6
+    (tensor(size=(1, 3), stride=(3, 1), offset=4), ["offset 4 reaches past the end"]),  # the last element only
+    (tensor(size=(2, 3), stride=(0, 1)), ["overlap", "stride-0"]),
+    (tensor(size=(3, 3), stride=(1, 1)), ["overlap"]),
+    (tensor(stride=(3, 1, 1)), ["2 sizes but 3 strides"]),
+    (tensor(size=(1,) * 17, stride=(1,) * 17), ["17 dimensions"]),
+    (tensor(requires_grad=0), ["requires_grad must be a bool, got 0"]),
+    (tensor(hooks=op_hooks() + op_str("h") + op_int(1) + b"s"), ["backward hooks must be an empty OrderedDict"]),
+    (tensor(extra=(op_int(3),)), ["metadata must be a dict"]),
+    (op_rebuild(STORAGE, op_int(0), op_value((6,))), ["takes 6 or 7 arguments, the pickle gives 3"]),
+    (tensor(storage=op_storage("FloatStorage", "9", 6)), ["storage 9", "missing from the archive"]),
+    (tensor(storage=op_storage("FloatStorage", "0", 5)), ["storage 0", "24 bytes, not the 5 x 4"]),
+    (tensor(storage=op_storage("DoubleStorage", "0", 6)), ["storage 0", "24 bytes, not the 6 x 8"]),
+])
+def test_bad_tensor_records_are_refused_naming_the_tensor(tmp_path, value, words):
+    refused(write_tensor(tmp_path, value), "tensor 'w'", *words)
+
+
+def test_a_storage_declared_with_two_dtypes_is_refused(tmp_path):
+    items = [("a", tensor(size=(6,), stride=(1,))),
+             ("b", tensor(storage=op_storage("IntStorage", "0", 6), size=(6,), stride=(1,)))]
+    refused(write_pickle(tmp_path, op_state_dict(items)), "tensor 'b'", "IntStorage of 6 here but as FloatStorage")
+
+
+def test_a_big_endian_archive_is_refused(tmp_path):
+    def big(members):
+        members[1].data = b"big"
+    refused(write_members(tmp_path, big), "big-endian")
+
+
+def test_views_sharing_a_storage_may_not_declare_more_than_four_times_the_file(tmp_path):
+    """A 48 KiB file declaring 7B parameters through views of one storage is refused, whatever the layout."""
+    storage, numel = op_storage("HalfStorage", "0", 4096), 4096
+    expanded = [(f"layers.{i}.w", tensor(storage, size=(65536, 4096), stride=(0, 1))) for i in range(27)]
+    path = tmp_path / "expanded.pth"
+    write_archive(path, op_state_dict(expanded), {"0": bytes(2 * numel)})
+    assert os.path.getsize(path) < 48 * 2**10
+    refused(path, "tensor 'layers.0.w'", "stride-0")
+    # Distinct-element views of one storage, each fine alone, many together.
+    views = [(f"v{i}", tensor(storage, size=(numel,), stride=(1,))) for i in range(40)]
+    write_archive(path, op_state_dict(views), {"0": bytes(2 * numel)})
+    refused(path, "declare 327680 bytes, more than 4 times the file's")
+    write_archive(path, op_state_dict(views[:2]), {"0": bytes(2 * numel)})  # tied weights: twice is fine
+    assert set(read_pth(path)) == {"v0", "v1"}
+
+
+# ---- good files --------------------------------------------------------------------------------------
+
+VALUES = np.arange(6, dtype=np.float32)
+
+
+@pytest.mark.parametrize("offset,size,stride,expected", [
+    (0, (2, 3), (3, 1), VALUES.reshape(2, 3)),
+    (0, (3, 2), (1, 3), VALUES.reshape(2, 3).T),  # a transposed tensor, as torch.save keeps it
+    (3, (2,), (1,), VALUES[3:5]),  # a slice of a bigger storage
+    (1, (2, 2), (3, 1), VALUES.reshape(2, 3)[:, 1:]),  # a column slice: rows 3 apart
+    (0, (3,), (2,), VALUES[::2]),
+    (2, (1, 3), (99, 1), VALUES[2:5].reshape(1, 3)),  # a size-1 dimension's stride does not matter
+    (6, (0, 4), (4, 1), np.zeros((0, 4), np.float32)),  # empty, at the very end
+    (0, (), (), VALUES[0]),  # a scalar
+])
+def test_views_with_distinct_elements_are_read(tmp_path, offset, size, stride, expected):
+    read = read_pth(write_tensor(tmp_path, tensor(offset=offset, size=size, stride=stride), "view.pth"))["w"]
+    assert read.shape == expected.shape and read.dtype == "F32"
+    np.testing.assert_array_equal(read.numpy(), expected)
+    assert not read.data.flags.writeable
+
+
+def test_plain_values_are_skipped_and_parameters_unwrapped(tmp_path):
+    parameter = op_global("torch._utils", "_rebuild_parameter") + op_tuple(
+        tensor(size=(6,), stride=(1,)), NEWFALSE, op_hooks()) + REDUCE
+    items = [("epoch", op_int(3)), ("lr", op_value("x")), ("none", op_value(None)), ("p", parameter)]
+    read = read_pth(write_pickle(tmp_path, op_state_dict(items), "plain.pth"))
+    assert list(read) == ["p"]
+    np.testing.assert_array_equal(read["p"].numpy(), VALUES)
+
+
+def test_write_pth_round_trips_every_dtype_and_tied_weights_share_a_map(tmp_path):
+    rng = np.random.default_rng(0)
+    arrays = {"f32": rng.standard_normal((3, 4)).astype(np.float32), "f16": rng.standard_normal(5).astype(np.float16),
+              "i64": np.arange(-3, 4), "u8": np.arange(7, dtype=np.uint8), "b": np.array([True, False])}
+    bits = rng.integers(0, 2**16, size=(2, 2), dtype=np.uint16)
+    write_pth(tmp_path / "all.pth", {**arrays, "bf16": ("bfloat16", bits)})
+    read = read_pth(tmp_path / "all.pth")
+    for name, array in arrays.items():
+        np.testing.assert_array_equal(read[name].raw(), array)
+    assert read["bf16"].dtype == "BF16" and np.array_equal(read["bf16"].raw(), bits)
+    tied = [("a", tensor(size=(6,), stride=(1,))), ("b", tensor(size=(2, 3), stride=(3, 1)))]
+    both = read_pth(write_pickle(tmp_path, op_state_dict(tied), "tied.pth"))
+    assert np.shares_memory(both["a"].data, both["b"].data)
+
+
+def test_torch_reads_what_read_pth_reads(tmp_path):
+    """A file torch.save wrote (module state dict with _metadata, bfloat16, tied, transposed, Parameter)
+    reads as torch.load(weights_only=True) reads it; and torch reads pth_writer's files."""
+    torch = pytest.importorskip("torch")
+    module = torch.nn.Linear(4, 3)
+    state = module.state_dict()
+    state.update(tied=state["weight"], bf16=torch.randn(5).to(torch.bfloat16), half=torch.randn(2, 2).half(),
+                 t=torch.arange(12.0).reshape(3, 4).t(), row=torch.arange(12.0).reshape(3, 4)[1],
+                 empty=torch.zeros(0, 3), param=torch.nn.Parameter(torch.ones(2)))
+    torch.save(state, tmp_path / "torch.pth")
+    expected = torch.load(tmp_path / "torch.pth", weights_only=True)
+    read = read_pth(tmp_path / "torch.pth")
+    assert list(read) == list(expected)
+    for name, value in expected.items():
+        assert read[name].shape == tuple(value.shape), name
+        np.testing.assert_array_equal(read[name].numpy(), value.detach().float().numpy())
+    write_pth(tmp_path / "ours.pth", {"x": VALUES.reshape(2, 3), "y": ("bfloat16", np.array([0x3F80], np.uint16))})
+    ours = torch.load(tmp_path / "ours.pth", weights_only=True)
+    assert ours["y"].dtype == torch.bfloat16 and ours["y"].item() == 1.0
+    np.testing.assert_array_equal(ours["x"].numpy(), VALUES.reshape(2, 3))

@@ -71,7 +71,8 @@ class StorageRecord:
 
 @dataclass(frozen=True, eq=False)
 class TensorRecord:
-    """A call of ``_rebuild_tensor_v2``: (storage, offset, size, stride, requires_grad, hooks[, metadata]), unchecked."""
+    """A call of ``_rebuild_tensor_v2``, its arguments unchecked:
+    (storage, offset, size, stride, requires_grad, backward_hooks[, metadata])."""
 
     args: tuple
 

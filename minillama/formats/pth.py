@@ -99,10 +99,14 @@ def check_record(path: str, name: str, record: TensorRecord) -> tuple[StorageRec
     for field, value in (("size", size), ("stride", stride)):
         if type(value) is not tuple or not all(is_count(n) for n in value):
             raise CheckpointError(f"{where}: its {field} must be a tuple of non-negative ints, got {describe(value)}")
-    if len(size) != len(stride) or len(size) > MAX_DIMS:
-        raise CheckpointError(f"{where}: {len(size)} sizes and {len(stride)} strides (at most {MAX_DIMS} dimensions)")
-    if type(requires_grad) is not bool or type(hooks) is not OrderedDict or hooks:
-        raise CheckpointError(f"{where}: requires_grad must be a bool and backward hooks empty")
+    if len(size) != len(stride):
+        raise CheckpointError(f"{where}: {len(size)} sizes but {len(stride)} strides")
+    if len(size) > MAX_DIMS:
+        raise CheckpointError(f"{where}: {len(size)} dimensions (at most {MAX_DIMS} are read)")
+    if type(requires_grad) is not bool:
+        raise CheckpointError(f"{where}: requires_grad must be a bool, got {describe(requires_grad)}")
+    if type(hooks) is not OrderedDict or hooks:
+        raise CheckpointError(f"{where}: backward hooks must be an empty OrderedDict, got {describe(hooks)}")
     if len(args) == 7 and type(args[6]) not in (dict, OrderedDict, type(None)):
         raise CheckpointError(f"{where}: its metadata must be a dict, got {describe(args[6])}")
     return storage, offset, size, stride
@@ -116,6 +120,8 @@ def describe(value) -> str:
     """A short description of a value from the file (never the repr of a whole nested structure)."""
     if type(value) in (int, bool):
         return repr(value) if abs(value) < 10**12 else f"an int of {value.bit_length()} bits"
+    if type(value) is tuple and all(type(v) is int for v in value) and len(str(value)) < 100:
+        return repr(value)
     if type(value) is tuple:
         return f"a tuple of {', '.join(type(v).__name__ for v in value[:MAX_DIMS + 1])}"
     return f"a {type(value).__name__}"
@@ -133,10 +139,7 @@ def storage_map(archive: ZipReader, maps: dict, storage: StorageRecord, name: st
     member = f"{prefix}data/{storage.key}"
     if member not in archive.members:
         raise CheckpointError(f"{where} is missing from the archive")
-    try:
-        flat = archive.memmap(member, storage.np_dtype, storage.numel)
-    except CheckpointError as error:
-        raise CheckpointError(f"{where}: {error}") from None
+    flat = archive.memmap(member, storage.np_dtype, storage.numel, where)
     maps[storage.key] = (storage, flat)
     return flat
 
@@ -145,7 +148,7 @@ def tensor_view(path: str, name: str, flat: np.ndarray, offset: int, size: tuple
     """A read-only view of ``flat`` with this offset, shape and strides, checked to lie inside it without overlap."""
     where = f"{path}: tensor {name!r}"
     if offset > flat.shape[0]:
-        raise CheckpointError(f"{where}: its offset {describe(offset)} is past the end of its storage "
+        raise CheckpointError(f"{where}: its offset ({describe(offset)}) is past the end of its storage "
                               f"of {flat.shape[0]} elements")
     if 0 in size:  # an empty tensor: no elements to read
         empty = np.empty(size, dtype=flat.dtype)

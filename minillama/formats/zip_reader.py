@@ -114,8 +114,8 @@ class ZipReader:
         deferred = bool(flags & DATA_DESCRIPTOR)  # sizes written after the data: the local ones may be 0
         local_sizes = local_zip64_sizes(extra, size, compressed)
         if not (sizes_agree(local_sizes, (info.file_size, info.compress_size), deferred)):
-            raise CheckpointError(f"{where}: the local header's sizes (uncompressed, compressed) {local_sizes} disagree with the central "
-                                  f"directory's {(info.file_size, info.compress_size)}")
+            raise CheckpointError(f"{where}: the local header's sizes (uncompressed, compressed) {local_sizes} "
+                                  f"disagree with the central directory's {(info.file_size, info.compress_size)}")
         if info.compress_type == zipfile.ZIP_STORED and info.compress_size != info.file_size:
             raise CheckpointError(f"{where} is stored but its two sizes differ")
         data_offset = info.header_offset + LOCAL_HEADER.size + name_length + extra_length
@@ -139,13 +139,17 @@ class ZipReader:
             raise CheckpointError(f"{where} fails its CRC check (corrupt)")
         return data
 
-    def memmap(self, name: str, dtype, count: int) -> np.ndarray:
-        """A read-only memory map of a stored member holding ``count`` values of ``dtype``."""
+    def memmap(self, name: str, dtype, count: int, where: str = "") -> np.ndarray:
+        """A read-only memory map of a stored member holding ``count`` values of ``dtype``.
+
+        where: how to name the member in error messages (default: the file and the member).
+        """
         member = self.members[name]
+        where = f"{where or self.path} (zip member {name!r})"
         if member.method != zipfile.ZIP_STORED:
-            raise CheckpointError(f"{self.path}: zip member {name!r} is compressed; tensor data must be stored")
+            raise CheckpointError(f"{where} is compressed; tensor data must be stored")
         if member.size != count * np.dtype(dtype).itemsize:
-            raise CheckpointError(f"{self.path}: zip member {name!r} holds {member.size} bytes, not the "
+            raise CheckpointError(f"{where} holds {member.size} bytes, not the "
                                   f"{count} x {np.dtype(dtype).itemsize} its storage declares")
         if count == 0:
             return np.zeros(0, dtype=dtype)
