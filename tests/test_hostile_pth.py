@@ -84,6 +84,17 @@ def test_a_data_descriptor_with_zero_local_sizes_is_read(tmp_path):
     assert read["w"].numpy()[1, 2] == 5.0
 
 
+def test_zip64_local_headers_are_read(tmp_path):
+    """Files over 4 GiB keep their sizes in a zip64 extra field; Python's zipfile can write one for a small file."""
+    import zipfile
+    pickle_bytes, storages = small_state()
+    with zipfile.ZipFile(tmp_path / "zip64.pth", "w") as z:
+        z.writestr("archive/data.pkl", pickle_bytes)
+        with z.open("archive/data/0", "w", force_zip64=True) as f:
+            f.write(storages["0"])
+    np.testing.assert_array_equal(read_pth(tmp_path / "zip64.pth")["w"].numpy().ravel(), np.arange(6))
+
+
 def test_a_duplicate_member_is_refused(tmp_path):
     refused(write_members(tmp_path, lambda m: m.append(RawMember("archive/data/0", b"\0" * 24))), "appears twice")
 
@@ -209,6 +220,21 @@ def test_bad_pickle_programs_are_refused(tmp_path, body, words):
 
 def test_a_pickle_without_stop_is_refused(tmp_path):
     refused(write_pickle(tmp_path, PROTO + EMPTY_DICT), "truncated")
+
+
+def test_long_programs_and_long_names_are_refused_in_one_short_line(tmp_path, monkeypatch):
+    from minillama.formats import pickle_reader
+    monkeypatch.setattr(pickle_reader, "OPCODE_LIMIT", 1000)
+    refused(write_pickle(tmp_path, PROTO + MARK * 1001 + STOP), "more than 1000 opcodes")
+    huge = op_str("os" * 500_000) + op_str("system") + b"\x93"  # STACK_GLOBAL of a 1 MB module name
+    assert len(refused(write_pickle(tmp_path, PROTO + huge + STOP), "refusing to load")) < 400
+    name = "w" * 2000
+    assert len(refused(write_pickle(tmp_path, op_state_dict([(name, tensor())])), "a str of 2000 characters")) < 400
+
+
+def test_an_unknown_storage_dtype_is_named(tmp_path):
+    storage = op_storage("Float8_e4m3fnStorage", "0", 6)
+    refused(write_tensor(tmp_path, tensor(storage)), r"storage type torch\.Float8_e4m3fnStorage")
 
 
 # ---- tensor records --------------------------------------------------------------------------------

@@ -81,17 +81,23 @@ def read_params(folder: str) -> dict:
         if key == "vocab_size" and value == -1 and type(value) is int:
             continue  # -1: read the vocabulary size off the embedding table
         if type(value) is not int or value < 1:  # type(True) is bool: true is not a size
-            raise ConfigError(f"{path}: {key!r} must be a positive integer, got {value!r}")
+            raise ConfigError(f"{path}: {key!r} must be a positive integer, got {short(value)}")
     for key, nullable in NUMBER_FIELDS.items():
         value = params.get(key)
         if value is None and (nullable or key not in params):
             continue
         if type(value) not in (int, float) or not math.isfinite(value) or value <= 0:
             raise ConfigError(f"{path}: {key!r} must be a positive finite number{' or null' * nullable}, "
-                              f"got {value!r}")
+                              f"got {short(value)}")
     if type(params.get("use_scaled_rope", False)) is not bool:
-        raise ConfigError(f"{path}: 'use_scaled_rope' must be true or false, got {params['use_scaled_rope']!r}")
+        raise ConfigError(f"{path}: 'use_scaled_rope' must be true or false, got {short(params['use_scaled_rope'])}")
     return params
+
+
+def short(value) -> str:
+    """The repr of a value read from a file, cut to one short line."""
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def shard_paths_of(folder: str) -> list[str]:

@@ -33,7 +33,7 @@ STORAGE_DTYPES = {
     "ShortStorage": ("I16", np.int16), "CharStorage": ("I8", np.int8), "ByteStorage": ("U8", np.uint8),
     "BoolStorage": ("BOOL", np.bool_),
 }
-OBJECT_LIMIT = 2**22  # values a pickle may push: a Llama 2 70B shard pushes about 20 per tensor
+OPCODE_LIMIT = 2**21  # opcodes a pickle may run: a state dict runs about 40 per tensor (50,000 tensors)
 STORAGE_KEY = re.compile(r"[A-Za-z0-9_]{1,64}")
 
 
@@ -90,7 +90,7 @@ class Unpickler:
 
     def __init__(self, data: bytes, source: str):
         self.data, self.source, self.at = memoryview(data), source, 0
-        self.stack, self.marks, self.memo, self.made = [], [], {}, 0
+        self.stack, self.marks, self.memo, self.steps = [], [], {}, 0
 
     def fail(self, message: str):
         raise CheckpointError(f"{self.source}: {message}")
@@ -98,6 +98,9 @@ class Unpickler:
     def load(self):
         while True:
             code = self.read(1)[0]
+            self.steps += 1  # every opcode may keep a value (on the stack, the memo or a mark): bound them all
+            if self.steps > OPCODE_LIMIT:
+                self.fail(f"the pickle runs more than {OPCODE_LIMIT} opcodes; not a state dict")
             if code == STOP:
                 if len(self.stack) != 1 or self.marks:
                     self.fail("malformed pickle (values left over at STOP)")
@@ -135,9 +138,6 @@ class Unpickler:
             self.fail("malformed pickle (a string is not UTF-8)")
 
     def push(self, value) -> None:
-        self.made += 1
-        if self.made > OBJECT_LIMIT:
-            self.fail(f"the pickle makes more than {OBJECT_LIMIT} values; not a state dict")
         self.stack.append(value)
 
     def pop_mark(self) -> list:
@@ -213,6 +213,9 @@ class Unpickler:
             self.fail("malformed pickle (STACK_GLOBAL without two strings)")
         marker = ALLOWED.get((module, name))
         if marker is None:
+            module, name = module[:100], name[:100]  # a name from the file: keep the message one short line
+            if module == "torch" and name.endswith("Storage"):
+                self.fail(f"the pickle uses the storage type torch.{name}, a dtype minillama does not read")
             self.fail(f"refusing to load: the pickle names {module}.{name}, which is not needed to rebuild "
                       "tensors (a .pth file can run code; this one might try)")
         self.push(marker)

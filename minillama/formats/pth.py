@@ -36,6 +36,7 @@ from .zip_reader import PICKLE_LIMIT, ZipReader
 
 DECLARED_LIMIT = 4  # all tensors' bytes together, in multiples of the file size (tied weights count twice)
 MAX_DIMS = 16
+NAME_LIMIT = 1024  # characters in a tensor name (Llama's longest: 40)
 
 
 def read_pth(path: str | os.PathLike) -> dict[str, StoredTensor]:
@@ -51,8 +52,8 @@ def read_pth(path: str | os.PathLike) -> dict[str, StoredTensor]:
         prefix, state = read_state(archive)
         maps, tensors, declared = {}, {}, 0
         for name, value in state.items():
-            if not isinstance(name, str):
-                raise CheckpointError(f"{path}: a state-dict key is a {type(name).__name__}, not a tensor name")
+            if type(name) is not str or len(name) > NAME_LIMIT:
+                raise CheckpointError(f"{path}: a state-dict key is {describe(name)}, not a tensor name")
             if value is None or type(value) in (int, float, bool, str):
                 continue  # not a tensor; Meta checkpoints hold only tensors
             if type(value) is not TensorRecord:
@@ -122,6 +123,8 @@ def describe(value) -> str:
         return repr(value) if abs(value) < 10**12 else f"an int of {value.bit_length()} bits"
     if type(value) is tuple and all(type(v) is int for v in value) and len(str(value)) < 100:
         return repr(value)
+    if type(value) is str:
+        return repr(value) if len(value) <= 60 else f"a str of {len(value)} characters"
     if type(value) is tuple:
         return f"a tuple of {', '.join(type(v).__name__ for v in value[:MAX_DIMS + 1])}"
     return f"a {type(value).__name__}"
