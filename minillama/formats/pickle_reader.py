@@ -97,7 +97,7 @@ class Unpickler:
 
     def load(self):
         while True:
-            code = self.read(1)[0]
+            start, code = self.at, self.read(1)[0]
             self.steps += 1  # every opcode may keep a value (on the stack, the memo or a mark): bound them all
             if self.steps > OPCODE_LIMIT:
                 self.fail(f"the pickle runs more than {OPCODE_LIMIT} opcodes; not a state dict")
@@ -109,11 +109,11 @@ class Unpickler:
             if method is None:
                 op = pickletools.code2op.get(chr(code))
                 self.fail(f"refusing to load: the pickle uses opcode {op.name if op else hex(code)} at byte "
-                          f"{self.at - 1}, which torch.save does not write for a state dict")
+                          f"{start}, which torch.save does not write for a state dict")
             try:
                 method(self)
             except IndexError:
-                self.fail(f"malformed pickle (stack underflow at byte {self.at - 1})")
+                self.fail(f"malformed pickle (stack underflow at byte {start})")
 
     # ---- reading the program ----
 

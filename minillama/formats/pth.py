@@ -63,7 +63,7 @@ def read_pth(path: str | os.PathLike) -> dict[str, StoredTensor]:
             data = tensor_view(path, name, flat, offset, size, stride)
             declared += data.size * data.itemsize
             tensors[name] = StoredTensor(name, storage.dtype_name, size, path, data)
-    file_size = os.path.getsize(path)
+        file_size = archive.size
     if declared > DECLARED_LIMIT * max(file_size, 1):
         raise CheckpointError(f"{path}: its tensors declare {declared} bytes, more than {DECLARED_LIMIT} times the "
                               f"file's {file_size} bytes (many views of the same storage); refused")

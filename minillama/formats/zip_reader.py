@@ -17,6 +17,7 @@ Stored members (a tensor's raw bytes) are memory-mapped at their checked offset.
 
 from __future__ import annotations
 
+import os
 import struct
 import zipfile
 import zlib
@@ -53,6 +54,7 @@ class ZipReader:
     def __init__(self, path: str):
         self.path = path
         self.file = open_regular_file(path, CheckpointError)
+        self.size = os.fstat(self.file.fileno()).st_size
         try:
             self.members = self._read_members()
         except BaseException:
@@ -75,8 +77,6 @@ class ZipReader:
         except Exception as error:  # zipfile raises BadZipFile, but also struct/unicode/overflow errors
             raise CheckpointError(f"{self.path}: not a PyTorch zip checkpoint ({error}); "
                                   "old non-zip .pth files are not supported") from None
-        self.file.seek(0, 2)
-        file_size = self.file.tell()
         members, taken = {}, []
         for info in infos:
             member = self._check_member(info)
@@ -84,7 +84,7 @@ class ZipReader:
                 raise CheckpointError(f"{self.path}: zip member {member.name!r} appears twice")
             members[member.name] = member
             taken.append((info.header_offset, member.data_offset + member.compressed_size, member.name))
-        check_no_overlap(self.path, taken, min(directory_start, file_size))
+        check_no_overlap(self.path, taken, min(directory_start, self.size))
         return members
 
     def _check_member(self, info: zipfile.ZipInfo) -> Member:
