@@ -154,17 +154,20 @@ def tensor_view(path: str, name: str, flat: np.ndarray, offset: int, size: tuple
         raise CheckpointError(f"{where}: its offset ({describe(offset)}) is past the end of its storage "
                               f"of {flat.shape[0]} elements")
     if 0 in size:  # an empty tensor: no elements to read
+        if max(size) >= 2**48:
+            raise CheckpointError(f"{where}: an empty tensor of shape {describe(size)} is refused")
         empty = np.empty(size, dtype=flat.dtype)
         empty.flags.writeable = False
         return empty
     reach = 0  # the furthest element reached by the dimensions taken so far, smallest stride first
     for step, count in sorted((s, n) for n, s in zip(size, stride) if n > 1):
         if step <= reach:
-            raise CheckpointError(f"{where}: its strides {stride} make elements overlap (a stride-0 or expanded "
+            raise CheckpointError(f"{where}: its strides {describe(stride)} make elements overlap (a stride-0 or expanded "
                                   f"view); only tensors whose elements are distinct are read")
         reach += (count - 1) * step
     if offset + reach + 1 > flat.shape[0]:
-        raise CheckpointError(f"{where}: shape {size} with strides {stride} from offset {offset} reaches past "
+        raise CheckpointError(f"{where}: shape {describe(size)} with strides {describe(stride)} from offset "
+                              f"{describe(offset)} reaches past "
                               f"the end of its storage of {flat.shape[0]} elements")
     strides = [s * flat.itemsize if n > 1 else 0 for n, s in zip(size, stride)]
     return np.lib.stride_tricks.as_strided(flat[offset:], shape=size, strides=strides, writeable=False)
