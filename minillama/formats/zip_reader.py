@@ -81,14 +81,15 @@ class ZipReader:
         for info in infos:
             member = self._check_member(info)
             if member.name in members:
-                raise CheckpointError(f"{self.path}: zip member {member.name!r} appears twice")
+                raise CheckpointError(f"{self.path}: zip member {member.name[:100]!r} appears twice")
             members[member.name] = member
             taken.append((info.header_offset, member.data_offset + member.compressed_size, member.name))
         check_no_overlap(self.path, taken, min(directory_start, self.size))
         return members
 
     def _check_member(self, info: zipfile.ZipInfo) -> Member:
-        where = f"{self.path}: zip member {info.filename!r}"
+        shown = info.filename if len(info.filename) <= 100 else info.filename[:97] + "..."
+        where = f"{self.path}: zip member {shown!r}"
         check_member_name(where, info.filename)
         if info.flag_bits & ENCRYPTED:
             raise CheckpointError(f"{where} is encrypted")
@@ -107,7 +108,7 @@ class ZipReader:
         if signature != b"PK\x03\x04" or len(raw_name) < name_length or len(extra) < extra_length:
             raise CheckpointError(f"{where}: corrupt local header")
         if raw_name.decode("utf-8", "replace") != info.filename and raw_name.decode("cp437") != info.filename:
-            raise CheckpointError(f"{where}: the local header names it {raw_name.decode('utf-8', 'replace')!r}")
+            raise CheckpointError(f"{where}: the local header names it {raw_name[:100].decode('utf-8', 'replace')!r}")
         if method != info.compress_type:
             raise CheckpointError(f"{where}: the local header says compression {method}, "
                                   f"the central directory {info.compress_type}")
