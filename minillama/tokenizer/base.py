@@ -53,6 +53,17 @@ class LlamaTokenizerBase(SpecialTokensMixin, EncodingMixin, DecodingMixin, ChatM
     def _encode_plain(self, text: str) -> list[int]:
         raise NotImplementedError
 
+    def _encode_after_special(self, text: str) -> list[int]:
+        """Encode text that follows a special token: without the dummy prefix where the engine has one."""
+        return self._encode_plain(text)
+
+    def _pieces_plain(self, text: str) -> list[str]:
+        """The pieces ``_encode_plain`` gives, as text (an unknown character as itself where the engine can)."""
+        return [self._id_to_piece(i) for i in self._encode_plain(text)]
+
+    def _pieces_after_special(self, text: str) -> list[str]:
+        return [self._id_to_piece(i) for i in self._encode_after_special(text)]
+
     def _decode_plain(self, ids: list[int]) -> str:
         """Decode ordinary pieces; drops the dummy-prefix space of a word-initial first piece."""
         raise NotImplementedError

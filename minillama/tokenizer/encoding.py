@@ -40,15 +40,47 @@ class EncodingMixin:
             ids = self._encode_plain(text)
         return ([self.bos_token_id] if bos else []) + ids + ([self.eos_token_id] if eos else [])
 
-    def _encode_parsing_specials(self, text: str) -> list[int]:
+    def tokenize(self, text: str, parse_special_tokens: bool = False) -> list[str]:
+        """The pieces of ``text`` (no BOS/EOS), as sentencepiece's ``encode_as_pieces`` shows them:
+        a character the vocabulary lacks (in a model without byte fallback) shows as itself, not "<unk>"."""
+        if not isinstance(text, str):
+            raise TokenizerError(f"text must be a str, got {type(text).__name__}")
+        if parse_special_tokens:
+            return self._pieces_parsing_specials(text)
+        return self._pieces_plain(text)
+
+    def _special_segments(self, text: str) -> list[tuple[str, str]]:
+        """Split text at special-token text: ("special", token), ("start", text at the very
+        start) and ("after", text that follows a special token), in order."""
         specials = sorted(set(self.all_special_tokens) | set(self.added_tokens), key=len, reverse=True)
-        ids = []
+        segments, after = [], False
         for part in re.split("(" + "|".join(map(re.escape, specials)) + ")", text):
             if part in specials:
-                ids.append(self.convert_tokens_to_ids(part))
+                segments.append(("special", part))
+                after = True
             elif part:
-                ids.extend(self._encode_plain(part))
+                segments.append(("after" if after else "start", part))
+        return segments
+
+    def _encode_parsing_specials(self, text: str) -> list[int]:
+        """Special-token text becomes its id. Text after a special token gets no dummy prefix,
+        as in transformers: "<s>hi" is [<s>, hi], not [<s>, ▁hi]."""
+        ids = []
+        for kind, part in self._special_segments(text):
+            if kind == "special":
+                ids.append(self.convert_tokens_to_ids(part))
+            else:
+                ids.extend(self._encode_plain(part) if kind == "start" else self._encode_after_special(part))
         return ids
+
+    def _pieces_parsing_specials(self, text: str) -> list[str]:
+        pieces = []
+        for kind, part in self._special_segments(text):
+            if kind == "special":
+                pieces.append(part)
+            else:
+                pieces.extend(self._pieces_plain(part) if kind == "start" else self._pieces_after_special(part))
+        return pieces
 
     def build_inputs_with_special_tokens(self, token_ids_0, token_ids_1=None) -> list[int]:
         """BOS + ids_0 (+ BOS + ids_1), as transformers' LlamaTokenizer (add_bos_token=True, add_eos_token=False)."""

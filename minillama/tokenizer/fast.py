@@ -39,11 +39,21 @@ class LlamaTokenizerFast(LlamaTokenizerBase):
     def _decode_plain(self, ids):
         return self.tk.decode(ids, skip_special_tokens=False)
 
+    def _pieces_plain(self, text):
+        return self.tk.encode(text, add_special_tokens=False).tokens if text else []
+
     def _encode_parsing_specials(self, text):
-        # The tokenizers library matches its own special tokens in text; let it.
+        return self._encoding_parsing_specials(text).ids
+
+    def _pieces_parsing_specials(self, text):
+        return self._encoding_parsing_specials(text).tokens
+
+    def _encoding_parsing_specials(self, text):
+        # The tokenizers library matches its own special tokens in text (and handles the
+        # space after them as its pipeline says); let it.
         self.tk.encode_special_tokens = False
         try:
-            return self.tk.encode(text, add_special_tokens=False).ids
+            return self.tk.encode(text, add_special_tokens=False)
         finally:
             self.tk.encode_special_tokens = True
 
