@@ -88,3 +88,27 @@ def test_fast_tokenizer_same_interface(folders):
     assert batch.input_ids.shape[0] == 2 and batch.input_ids[1, 0] == 32000
     assert fast.apply_chat_template([{"role": "user", "content": "Hi"}])[0] == 1
     assert fast.decode(fast.encode("<pad>", bos=False, parse_special_tokens=True), skip_special_tokens=False) == "<pad>"
+
+
+@pytest.fixture(scope="module")
+def llama2_hf_folder(tmp_path_factory):
+    """tokenizer.model with the tokenizer_config.json settings of the Llama-2-*-hf repos."""
+    folder = tmp_path_factory.mktemp("llama2-hf")
+    shutil.copy(MODEL, folder / "tokenizer.model")
+    (folder / "tokenizer_config.json").write_text('{"add_bos_token": true, "add_eos_token": false}')
+    return folder
+
+
+def test_bos_eos_settings_and_pairs_match_transformers(llama2_hf_folder):
+    import transformers
+    hf = transformers.LlamaTokenizer.from_pretrained(llama2_hf_folder)
+    ours = LlamaTokenizer.from_pretrained(llama2_hf_folder)
+    texts, pairs = ["Hello", "a b", "日本"], ["world", "c", "x y z"]
+    for add_eos in (False, True):
+        hf.add_eos_token = ours.add_eos_token = add_eos
+        for add_bos in (True, False):
+            hf.add_bos_token = ours.add_bos_token = add_bos
+            assert ours.encode("Hello world") == hf.encode("Hello world")
+            assert ours(texts)["input_ids"] == hf(texts)["input_ids"]
+            assert ours(texts, pairs)["input_ids"] == hf(texts, pairs)["input_ids"]
+            assert ours("Hello", "world") == dict(hf("Hello", "world"))
