@@ -216,3 +216,104 @@ def test_model_folder_refused(tmp_path):
     (tmp_path / "tokenizer.model").mkdir()
     with pytest.raises(TokenizerError, match="tokenizer.model: is a folder"):
         LlamaTokenizer.from_pretrained(tmp_path)
+
+
+# ---- tokenizer_config.json: read with care, written for transformers -------------------------
+
+def model_folder(tmp_path, config=None, raw=None):
+    shutil.copy(MODEL, tmp_path / "tokenizer.model")
+    if config is not None or raw is not None:
+        (tmp_path / "tokenizer_config.json").write_text(raw if raw is not None else __import__("json").dumps(config))
+    return tmp_path
+
+
+@pytest.mark.parametrize("raw, message", [
+    ("[1, 2]", "expected a JSON object, got list"),
+    ("[" * 100000 + "]" * 100000, "not valid JSON"),
+    ('{"add_bos_token": "yes"}', "add_bos_token must be true or false, got 'yes'"),
+    ('{"add_eos_token": 1}', "add_eos_token must be true or false, got 1"),
+    ('{"pad_token": 5}', "pad_token must be a token string"),
+    ('{"pad_token": {"content": {"nested": [[[["garbage"]]]]}}}', r"pad_token must be a token string .*\{'content': \{'nested': \[\.\.\.\]\}\}"),
+    ('{"bos_token": ""}', "bos_token must be a token string"),
+    ('{"padding_side": "middle"}', "padding_side must be 'left' or 'right'"),
+    ('{"added_tokens_decoder": [1]}', "added_tokens_decoder must be an object"),
+    ('{"added_tokens_decoder": {"x": {"content": "<pad>"}}}', r"added_tokens_decoder\['x'\] must map an id"),
+    ('{"added_tokens_decoder": {"32000": "<pad>"}}', r"added_tokens_decoder\['32000'\] must map an id"),
+    ('{"added_tokens_decoder": {"32005": {"content": "<pad>"}}}', "added token '<pad>' has id 32005, but added ids must follow the vocabulary"),
+    ('{"added_tokens": {"<pad>": "32000"}}', "added_tokens must map token strings to ids"),
+    ('{"chat_template": 3}', "chat_template must be a string"),
+    ('{"chat_template": [{"name": "tool_use", "template": "x"}]}', "chat_template must be a string"),
+    ('{"x": NaN}', "not valid JSON"),
+])
+def test_malformed_tokenizer_config(tmp_path, raw, message):
+    folder = model_folder(tmp_path, raw=raw)
+    with pytest.raises(TokenizerError, match="tokenizer_config.json: " + message) as error:
+        LlamaTokenizer.from_pretrained(folder)
+    assert "\n" not in str(error.value) and len(str(error.value)) < 400
+
+
+def test_tokenizer_config_fifo_refused_at_once(tmp_path):
+    folder = model_folder(tmp_path)
+    os.mkfifo(folder / "tokenizer_config.json")
+    with pytest.raises(TokenizerError, match="tokenizer_config.json: is not a regular file"):
+        LlamaTokenizer.from_pretrained(folder)
+
+
+def test_tokenizer_config_fields_applied(tmp_path):
+    folder = model_folder(tmp_path, {
+        "add_bos_token": False, "add_eos_token": True, "padding_side": "right", "pad_token": {"content": "<pad>"},
+        "added_tokens_decoder": {"0": {"content": "<unk>"}, "32000": {"content": "<pad>"}, "32001": {"content": "<x>"}},
+        "chat_template": [{"name": "default", "template": "{{ bos_token }}"}]})
+    tok = LlamaTokenizer.from_pretrained(folder)
+    assert tok.encode("Hello") == [15043, 2] and tok.padding_side == "right"
+    assert (tok.pad_token_id, tok.convert_tokens_to_ids("<x>"), len(tok)) == (32000, 32001, 32002)
+    assert tok.chat_template == "{{ bos_token }}"
+
+
+def test_save_pretrained_writes_transformers_files(tmp_path):
+    import json
+    tok = LlamaTokenizer.from_pretrained(MODEL)
+    tok.add_special_tokens({"pad_token": "<pad>"})
+    tok.add_eos_token = True
+    paths = tok.save_pretrained(tmp_path / "saved")
+    assert [os.path.basename(p) for p in paths] == ["tokenizer.model", "tokenizer_config.json", "special_tokens_map.json"]
+    config = json.loads((tmp_path / "saved" / "tokenizer_config.json").read_text())
+    assert (config["add_bos_token"], config["add_eos_token"], config["pad_token"]) == (True, True, "<pad>")
+    assert {k: v["content"] for k, v in config["added_tokens_decoder"].items()} == \
+        {"0": "<unk>", "1": "<s>", "2": "</s>", "32000": "<pad>"}
+    assert json.loads((tmp_path / "saved" / "special_tokens_map.json").read_text()) == \
+        {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>", "pad_token": "<pad>"}
+    again = LlamaTokenizer.from_pretrained(tmp_path / "saved")
+    assert (again.encode("Hello"), again.pad_token_id, len(again)) == ([1, 15043, 2], 32000, 32001)
+
+
+def test_save_pretrained_loads_in_transformers(tmp_path):
+    transformers = pytest.importorskip("transformers")
+    pytest.importorskip("google.protobuf")
+    tok = LlamaTokenizer.from_pretrained(MODEL)
+    tok.add_special_tokens({"pad_token": "<pad>"})
+    tok.save_pretrained(tmp_path)
+    texts = ["Hello world", "日本語 🙂", "a<pad>b", "x\ny"]
+    for cls in (transformers.LlamaTokenizer, transformers.LlamaTokenizerFast):
+        hf = cls.from_pretrained(tmp_path)
+        assert (hf.add_bos_token, hf.add_eos_token, hf.pad_token, hf.pad_token_id) == (True, False, "<pad>", 32000)
+        for text in texts:
+            assert hf.encode(text) == tok.encode(text, parse_special_tokens=True), repr(text)
+        tok.add_eos_token = True
+        tok.save_pretrained(tmp_path)
+        assert cls.from_pretrained(tmp_path).encode("Hello") == [1, 15043, 2]
+        tok.add_eos_token = False
+        tok.save_pretrained(tmp_path)
+
+
+def test_tokenizer_json_fifo_and_garbage_refused(tmp_path):
+    pytest.importorskip("tokenizers")
+    from minillama.tokenizer import LlamaTokenizerFast
+    os.mkfifo(tmp_path / "tokenizer.json")
+    with pytest.raises(TokenizerError, match="tokenizer.json: is not a regular file"):
+        LlamaTokenizerFast.from_pretrained(tmp_path)
+    os.remove(tmp_path / "tokenizer.json")
+    (tmp_path / "tokenizer.json").write_bytes(b'{"model": ' * 5000)
+    with pytest.raises(TokenizerError, match="tokenizer.json: not a tokenizers JSON file") as error:
+        LlamaTokenizerFast.from_pretrained(tmp_path)
+    assert "\n" not in str(error.value)
