@@ -317,3 +317,75 @@ def test_tokenizer_json_fifo_and_garbage_refused(tmp_path):
     with pytest.raises(TokenizerError, match="tokenizer.json: not a tokenizers JSON file") as error:
         LlamaTokenizerFast.from_pretrained(tmp_path)
     assert "\n" not in str(error.value)
+
+
+# ---- apply_chat_template with the Llama-2-chat template of the Hugging Face repos ----------------
+
+CHAT = [{"role": "system", "content": "You are terse."}, {"role": "user", "content": "2+2?"},
+        {"role": "assistant", "content": "4"}, {"role": "user", "content": "3+3?"}]
+CHAT_TEXT = "<s>[INST] <<SYS>>\nYou are terse.\n<</SYS>>\n\n2+2? [/INST] 4 </s><s>[INST] 3+3? [/INST]"
+# transformers 5.24's ids for CHAT with that template: "[" is 29961 right after <s> (no dummy prefix)
+CHAT_IDS = [1, 29961, 25580, 29962, 3532, 14816, 29903, 6778, 13, 3492, 526, 1935, 344, 29889, 13, 29966, 829,
+            14816, 29903, 6778, 13, 13, 29906, 29974, 29906, 29973, 518, 29914, 25580, 29962, 29871, 29946, 29871,
+            2, 1, 29961, 25580, 29962, 29871, 29941, 29974, 29941, 29973, 518, 29914, 25580, 29962]
+
+
+@pytest.fixture(scope="module")
+def chat_folder(tmp_path_factory):
+    import json
+    from minillama.tokenizer.chat import LLAMA2_CHAT_TEMPLATE
+    folder = tmp_path_factory.mktemp("llama2-chat")
+    shutil.copy(MODEL, folder / "tokenizer.model")
+    (folder / "tokenizer_config.json").write_text(json.dumps({"add_bos_token": True, "chat_template": LLAMA2_CHAT_TEMPLATE}))
+    return folder
+
+
+def test_llama2_chat_template(chat_folder, monkeypatch):
+    import sys
+    monkeypatch.setitem(sys.modules, "jinja2", None)  # Llama 2's template needs no jinja2
+    tok = LlamaTokenizer.from_pretrained(chat_folder)
+    assert tok.apply_chat_template(CHAT) == CHAT_IDS
+    assert tok.apply_chat_template(CHAT, tokenize=False) == CHAT_TEXT
+    assert tok.apply_chat_template(CHAT, add_generation_prompt=True) == CHAT_IDS
+    encoded = tok.apply_chat_template(CHAT, return_dict=True)
+    assert encoded.input_ids == CHAT_IDS and encoded.attention_mask == [1] * len(CHAT_IDS)
+    assert tok.apply_chat_template([CHAT, CHAT[1:2]], return_dict=True)["input_ids"][0] == CHAT_IDS
+    assert tok.apply_chat_template(CHAT, return_tensors="np").shape == (1, len(CHAT_IDS))
+    meta = LlamaTokenizer.from_pretrained(MODEL).apply_chat_template(CHAT)  # no template: Meta's per-turn encoding
+    assert meta[:4] == [1, 518, 25580, 29962] and len(meta) == len(CHAT_IDS)
+    assert LlamaTokenizer.from_pretrained(MODEL).apply_chat_template(CHAT, tokenize=False) == CHAT_TEXT
+    with pytest.raises(TokenizerError, match="rendering it needs jinja2"):
+        tok.apply_chat_template(CHAT, chat_template="{{ messages[0]['content'] }}")
+
+
+def test_other_templates_rendered_with_jinja(chat_folder):
+    pytest.importorskip("jinja2")
+    from minillama.tokenizer.chat import LLAMA2_CHAT_TEMPLATE
+    tok = LlamaTokenizer.from_pretrained(chat_folder)
+    assert tok._render_template(LLAMA2_CHAT_TEMPLATE, CHAT, False, {}) == CHAT_TEXT  # the Python rendering is exact
+    template = "{% for m in messages %}{{ bos_token }}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}" \
+               "{% if add_generation_prompt %}assistant:{% endif %}"
+    text = tok.apply_chat_template(CHAT[1:2], chat_template=template, add_generation_prompt=True, tokenize=False)
+    assert text == "<s>user: 2+2?\nassistant:"
+    assert tok.apply_chat_template(CHAT[1:2], chat_template=template) == tok.encode(
+        "<s>user: 2+2?\n", add_special_tokens=False, parse_special_tokens=True) == [1, 1792, 29901, 29871, 29906,
+                                                                                  29974, 29906, 29973, 13]
+    with pytest.raises(TokenizerError, match="chat template: Conversation roles must alternate"):
+        tok._render_template(LLAMA2_CHAT_TEMPLATE, CHAT[1:3] + CHAT[2:3], False, {})
+    with pytest.raises(TokenizerError, match="chat roles must alternate"):  # the same check without jinja
+        tok.apply_chat_template(CHAT[1:3] + CHAT[2:3])
+    with pytest.raises(TokenizerError, match="chat template: "):
+        tok.apply_chat_template(CHAT, chat_template="{% for %}")
+
+
+def test_chat_template_matches_transformers(chat_folder):
+    transformers = pytest.importorskip("transformers")
+    pytest.importorskip("google.protobuf")
+    from test_tokenizer import DIALOGS
+    hf = transformers.LlamaTokenizer.from_pretrained(chat_folder)
+    tok = LlamaTokenizer.from_pretrained(chat_folder)
+    assert hf.apply_chat_template(CHAT, return_dict=False) == CHAT_IDS
+    for dialog in DIALOGS + [CHAT]:
+        assert tok.apply_chat_template(dialog) == hf.apply_chat_template(dialog, return_dict=False)
+        assert tok.apply_chat_template(dialog, tokenize=False) == hf.apply_chat_template(dialog, tokenize=False)
+    assert tok.apply_chat_template(DIALOGS, return_dict=True)["input_ids"] == hf.apply_chat_template(DIALOGS)["input_ids"]
