@@ -389,3 +389,25 @@ def test_chat_template_matches_transformers(chat_folder):
         assert tok.apply_chat_template(dialog) == hf.apply_chat_template(dialog, return_dict=False)
         assert tok.apply_chat_template(dialog, tokenize=False) == hf.apply_chat_template(dialog, tokenize=False)
     assert tok.apply_chat_template(DIALOGS, return_dict=True)["input_ids"] == hf.apply_chat_template(DIALOGS)["input_ids"]
+
+
+def test_damaged_model_files_load_or_raise_tokenizer_error(tmp_path):
+    import random
+    data = open(MODEL, "rb").read()
+    rng = random.Random(0)
+    damaged = [data[:n] for n in (1, 7, 100, 5000, len(data) // 2, len(data) - 3)]
+    for _ in range(30):
+        copy = bytearray(data)
+        for _ in range(rng.randrange(1, 4)):
+            copy[rng.randrange(len(copy))] = rng.randrange(256)
+        damaged.append(bytes(copy))
+    path = tmp_path / "tokenizer.model"
+    for blob in damaged:
+        path.write_bytes(blob)
+        try:
+            tok = LlamaTokenizer.from_pretrained(path)
+        except TokenizerError as error:
+            assert "\n" not in str(error) and str(error).startswith(str(path))
+        else:
+            ids = tok.encode("Hello world")
+            assert all(0 <= i < len(tok) for i in ids) and isinstance(tok.decode(ids), str)

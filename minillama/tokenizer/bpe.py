@@ -111,6 +111,8 @@ def parse_model_proto(data: bytes) -> SentencePieceModel:
                 if n == 1:
                     piece = _text(v, f"piece {len(pieces)}")
                 elif n == 2:
+                    if not isinstance(v, bytes) or len(v) != 4:
+                        raise ValueError(f"piece {len(pieces)} has a malformed score")
                     (score,) = struct.unpack("<f", v)
                 elif n == 3:
                     kind = v

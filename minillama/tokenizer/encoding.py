@@ -88,6 +88,8 @@ class EncodingMixin:
         """Split text at special-token text: ("special", token), ("start", text at the very
         start) and ("after", text that follows a special token), in order."""
         specials = sorted(set(self.all_special_tokens) | set(self.added_tokens), key=len, reverse=True)
+        if not specials:
+            return [("start", text)] if text else []
         segments, after = [], False
         for part in re.split("(" + "|".join(map(re.escape, specials)) + ")", text):
             if part in specials:
