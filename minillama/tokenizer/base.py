@@ -11,7 +11,9 @@ Choices (see docs/tokenizer.md for the comparison with transformers):
 * ``encode`` gives sentencepiece's ids: literal ``"<s>"`` in text is text, not the
   BOS id, unless ``parse_special_tokens=True``.
 * ``decode`` skips special tokens by default, as Meta's and sentencepiece's decoders
-  do, so ``decode(encode(s)) == s``; ``skip_special_tokens=False`` shows them.
+  do, so ``decode(encode(s)) == s``; ``skip_special_tokens=False`` shows them. ``<unk>``
+  decodes to sentencepiece's " ⁇ ".
+* ``add_bos_token`` / ``add_eos_token`` decide what ``encode`` and ``__call__`` add, as in transformers.
 """
 
 from __future__ import annotations

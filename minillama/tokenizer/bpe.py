@@ -17,8 +17,10 @@ a string with a score. Encoding a text takes three steps.
 Decoding reverses it: pieces are joined, byte pieces are turned back into bytes,
 "▁" becomes a space, and the dummy-prefix space of the first piece with any text is dropped.
 
-The model file is a protocol buffer; :func:`read_model_proto` reads the few
-fields needed, with a dozen lines of wire-format parsing and no protobuf library.
+The model file is a protocol buffer; :func:`parse_model_proto` reads the few
+fields needed, with a dozen lines of wire-format parsing and no protobuf library, and
+:func:`with_spec_flag` rewrites one setting (``without_dummy_prefix`` turns the dummy
+prefix off, for text that follows a special token).
 """
 
 from __future__ import annotations
@@ -166,7 +168,7 @@ def without_dummy_prefix(data: bytes) -> bytes:
 
     sentencepiece puts "▁" in front of every text it encodes; text that follows a special
     token in the middle of a prompt must not get one (transformers' encoding of "<s>hi" is
-    [<s>, hi], not [<s>, ▁hi]). A second processor loaded from this proto encodes such text.
+    ``[<s>, hi]``, not ``[<s>, ▁hi]``). A second processor loaded from this proto encodes such text.
     """
     return with_spec_flag(data, spec=3, flag=3, value=0)  # normalizer spec, add_dummy_prefix
 
@@ -289,7 +291,7 @@ class BPETokenizer:
         Control pieces (<s>, </s>) decode to nothing and unknown ones to " ⁇ ". Runs of
         byte pieces become UTF-8 text, one U+FFFD per byte that does not form a character.
         The dummy-prefix space is dropped once, from the first piece that shows any text,
-        so BOS in front changes nothing: [<s>, ▁Hello] is "Hello".
+        so BOS in front changes nothing: ``[<s>, ▁Hello]`` is "Hello".
         """
         text, pending, at_start = [], bytearray(), True
         for i in ids + [None]:

@@ -101,7 +101,7 @@ class EncodingMixin:
 
     def _encode_parsing_specials(self, text: str) -> list[int]:
         """Special-token text becomes its id. Text after a special token gets no dummy prefix,
-        as in transformers: "<s>hi" is [<s>, hi], not [<s>, ▁hi]."""
+        as in transformers: ``"<s>hi"`` is ``[<s>, hi]``, not ``[<s>, ▁hi]``."""
         ids = []
         for kind, part in self._special_segments(text):
             if kind == "special":
@@ -120,7 +120,7 @@ class EncodingMixin:
         return pieces
 
     def build_inputs_with_special_tokens(self, token_ids_0, token_ids_1=None) -> list[int]:
-        """[BOS] ids_0 [EOS] ([BOS] ids_1 [EOS]), each per add_bos_token / add_eos_token, as transformers' Llama."""
+        """``[BOS] ids_0 [EOS] ([BOS] ids_1 [EOS])``, each per add_bos_token / add_eos_token, as transformers' Llama."""
         bos = [self.bos_token_id] if self.add_bos_token else []
         eos = [self.eos_token_id] if self.add_eos_token else []
         out = bos + list(token_ids_0) + eos
@@ -147,7 +147,7 @@ class EncodingMixin:
         """Encode one text, a batch, or text pairs: ``input_ids`` and ``attention_mask``.
 
         text_pair: a second text (or a batch of them, one per text), joined as transformers'
-        Llama does: [BOS] a [EOS] [BOS] b [EOS] per add_bos_token / add_eos_token.
+        Llama does: ``[BOS] a [EOS] [BOS] b [EOS]`` per add_bos_token / add_eos_token.
         padding: False, True / "longest", or "max_length". padding_side: "left" (default
         for Llama, what generation needs) or "right". truncation cuts each row at max_length.
         return_tensors: None (lists), "np" (NumPy), or a backend name ("numpy", "cupy", "strict").
