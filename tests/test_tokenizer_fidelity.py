@@ -244,6 +244,8 @@ def model_folder(tmp_path, config=None, raw=None):
     ('{"chat_template": 3}', "chat_template must be a string"),
     ('{"chat_template": [{"name": "tool_use", "template": "x"}]}', "chat_template must be a string"),
     ('{"x": NaN}', "not valid JSON"),
+    ('{"added_tokens_decoder": {"' + "9" * 5000 + '": 1}}', r"added_tokens_decoder\['99999999999999999.*'\] must map"),
+    ('{"added_tokens": {' + ", ".join(f'"<t{i}>": {32000 + i}' for i in range(70000)) + '}}', "70000 added tokens is too many"),
 ])
 def test_malformed_tokenizer_config(tmp_path, raw, message):
     folder = model_folder(tmp_path, raw=raw)

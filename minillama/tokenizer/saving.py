@@ -18,6 +18,7 @@ from ..files import MiB, read_json_object, read_limited
 
 SPECIAL_KEYS = ("bos_token", "eos_token", "unk_token", "pad_token")
 TEMPLATE_LIMIT = MiB  # a chat template is a few KiB
+MAX_ADDED = 2**16  # added tokens beyond the vocabulary (Llama 3 reserves 256; every one joins the special-token pattern)
 
 
 class SavingMixin:
@@ -126,7 +127,7 @@ def _added_tokens(config: dict, path: str, vocab_size: int) -> list[tuple[str, i
         for key, entry in decoder.items():
             content = entry.get("content") if isinstance(entry, dict) else None
             if not (key.isascii() and key.isdigit()) or not isinstance(content, str) or not content:
-                raise TokenizerError(f"{path}: added_tokens_decoder[{key!r}] must map an id to "
+                raise TokenizerError(f"{path}: added_tokens_decoder[{_show(key)}] must map an id to "
                                      f"{{\"content\": string}}, got {_show(entry)}")
             found[int(key)] = content
     legacy = config.get("added_tokens")
@@ -136,6 +137,8 @@ def _added_tokens(config: dict, path: str, vocab_size: int) -> list[tuple[str, i
             raise TokenizerError(f"{path}: added_tokens must map token strings to ids, got {_show(legacy)}")
         found.update({i: t for t, i in legacy.items()})
     beyond = sorted((i, t) for i, t in found.items() if i >= vocab_size)
+    if len(beyond) > MAX_ADDED:
+        raise TokenizerError(f"{path}: {len(beyond)} added tokens is too many (at most {MAX_ADDED})")
     for expected, (token_id, token) in enumerate(beyond, start=vocab_size):
         if token_id != expected:
             raise TokenizerError(f"{path}: added token {token!r} has id {token_id}, but added ids must "
