@@ -413,3 +413,17 @@ def test_damaged_model_files_load_or_raise_tokenizer_error(tmp_path):
         else:
             ids = tok.encode("Hello world")
             assert all(0 <= i < len(tok) for i in ids) and isinstance(tok.decode(ids), str)
+
+
+def test_companion_files_checked(tmp_path):
+    folder = model_folder(tmp_path)
+    (folder / "special_tokens_map.json").write_text('{"eos_token": ["</s>"]}')
+    with pytest.raises(TokenizerError, match=r"special_tokens_map.json: eos_token must be a token string"):
+        LlamaTokenizer.from_pretrained(folder)
+    (folder / "special_tokens_map.json").write_text('{"pad_token": {"content": "<unk>"}}')
+    assert LlamaTokenizer.from_pretrained(folder).pad_token_id == 0
+    (folder / "chat_template.jinja").write_bytes(b"{{ bos_token }}\xff")
+    with pytest.raises(TokenizerError, match="chat_template.jinja: not UTF-8 text"):
+        LlamaTokenizer.from_pretrained(folder)
+    (folder / "chat_template.jinja").write_text("{{ bos_token }}")
+    assert LlamaTokenizer.from_pretrained(folder).chat_template == "{{ bos_token }}"

@@ -112,3 +112,18 @@ def test_bos_eos_settings_and_pairs_match_transformers(llama2_hf_folder):
             assert ours(texts)["input_ids"] == hf(texts)["input_ids"]
             assert ours(texts, pairs)["input_ids"] == hf(texts, pairs)["input_ids"]
             assert ours("Hello", "world") == dict(hf("Hello", "world"))
+
+
+def test_fast_tokenizer_saved_folder_loads_in_transformers(folders, tmp_path):
+    import transformers
+    _, _, json_folder = folders
+    fast = LlamaTokenizerFast.from_pretrained(json_folder)
+    fast.add_special_tokens({"pad_token": "<pad>"})
+    fast.save_pretrained(tmp_path)
+    assert (tmp_path / "tokenizer.json").exists() and (tmp_path / "special_tokens_map.json").exists()
+    hf = transformers.LlamaTokenizerFast.from_pretrained(tmp_path)
+    assert (hf.pad_token, hf.pad_token_id) == ("<pad>", 32000)
+    again = LlamaTokenizerFast.from_pretrained(tmp_path)
+    for s in CORPUS[:200] + ["<s>hi</s>", "a<pad>b"]:
+        assert again.encode(s, parse_special_tokens=True) == fast.encode(s, parse_special_tokens=True), repr(s)
+        assert again.encode(s, bos=False, parse_special_tokens=True) == hf.encode(s, add_special_tokens=False), repr(s)
