@@ -376,8 +376,14 @@ def test_other_templates_rendered_with_jinja(chat_folder):
         tok._render_template(LLAMA2_CHAT_TEMPLATE, CHAT[1:3] + CHAT[2:3], False, {})
     with pytest.raises(TokenizerError, match="chat roles must alternate"):  # the same check without jinja
         tok.apply_chat_template(CHAT[1:3] + CHAT[2:3])
-    with pytest.raises(TokenizerError, match="chat template: "):
+    with pytest.raises(TokenizerError, match="chat template: TemplateSyntaxError: "):
         tok.apply_chat_template(CHAT, chat_template="{% for %}")
+    with pytest.raises(TokenizerError, match="chat template: SecurityError: "):  # the sandbox holds
+        tok.apply_chat_template(CHAT, chat_template="{{ messages.__class__.__mro__ }}{{ ''.__class__.mro() }}")
+    with pytest.raises(TokenizerError, match="chat template: TypeError: "):
+        tok.apply_chat_template([{"role": "user", "content": None}], chat_template="{{ messages[0]['content'] + 1 }}")
+    with pytest.raises(TokenizerError, match="a chat must be a non-empty list of message dicts"):
+        tok.apply_chat_template(["hi"], chat_template=template)
 
 
 def test_chat_template_matches_transformers(chat_folder):

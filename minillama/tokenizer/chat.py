@@ -98,24 +98,28 @@ class ChatMixin:
     def _render_template(self, template: str, messages, add_generation_prompt: bool, template_kwargs) -> str:
         """Any other Jinja chat template, rendered as transformers does it (needs jinja2)."""
         try:
-            import jinja2
             from jinja2.sandbox import ImmutableSandboxedEnvironment
         except ImportError:
             raise TokenizerError("this chat template is not Llama 2's: rendering it needs jinja2 (pip install jinja2)") from None
 
         def raise_exception(message):
-            raise TokenizerError(f"chat template: {message}")
+            raise TokenizerError(f"chat template: {message}"[:300])
 
         env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"])
         env.filters["tojson"] = lambda x, indent=None: json.dumps(x, ensure_ascii=False, indent=indent)
         env.globals["raise_exception"] = raise_exception
         specials = {"bos_token": self.bos_token, "eos_token": self.eos_token, "unk_token": self.unk_token,
                     "pad_token": self.pad_token}
+        if not isinstance(messages, (list, tuple)) or not messages or not all(isinstance(m, dict) for m in messages):
+            raise TokenizerError("a chat must be a non-empty list of message dicts")
         try:
             return env.from_string(template).render(messages=messages, add_generation_prompt=add_generation_prompt,
                                                     **{**specials, **template_kwargs})
-        except jinja2.TemplateError as error:
-            raise TokenizerError(f"chat template: {str(error).splitlines()[0] if str(error) else type(error).__name__}") from None
+        except TokenizerError:
+            raise
+        except Exception as error:  # a template is code from the checkpoint: any failure is reported, in one line
+            detail = (str(error).strip().splitlines() or [""])[0]
+            raise TokenizerError(f"chat template: {type(error).__name__}: {detail}"[:300]) from None
 
 
 def _chat_turns(messages) -> list[tuple[str, str | None]]:
