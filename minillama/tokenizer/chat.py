@@ -98,6 +98,7 @@ class ChatMixin:
     def _render_template(self, template: str, messages, add_generation_prompt: bool, template_kwargs) -> str:
         """Any other Jinja chat template, rendered as transformers does it (needs jinja2)."""
         try:
+            import jinja2  # noqa: F401  (the package itself, not only a cached jinja2.sandbox)
             from jinja2.sandbox import ImmutableSandboxedEnvironment
         except ImportError:
             raise TokenizerError("this chat template is not Llama 2's: rendering it needs jinja2 (pip install jinja2)") from None
