@@ -382,6 +382,8 @@ def test_other_templates_rendered_with_jinja(chat_folder):
         tok.apply_chat_template(CHAT, chat_template="{{ messages.__class__.__mro__ }}{{ ''.__class__.mro() }}")
     with pytest.raises(TokenizerError, match="chat template: TypeError: "):
         tok.apply_chat_template([{"role": "user", "content": None}], chat_template="{{ messages[0]['content'] + 1 }}")
+    with pytest.raises(TokenizerError, match="chat_template must be a str, got int"):
+        tok.apply_chat_template(CHAT, chat_template=5)
     with pytest.raises(TokenizerError, match="a chat must be a non-empty list of message dicts"):
         tok.apply_chat_template(["hi"], chat_template=template)
 

@@ -50,12 +50,14 @@ class ChatMixin:
         prefix, so the ids differ from Meta's at that one piece per turn.
         tokenize=False returns the text ("<s>"/"</s>" standing for BOS/EOS; the same string in
         both cases). return_dict=True returns input_ids and attention_mask (transformers 5
-        makes that its default; here ids are, as in transformers 4). Llama 2's format has no
+        makes that its default; here the default is plain ids, as in transformers 4). Llama 2's format has no
         generation prompt: add_generation_prompt changes nothing for it.
         """
         batched = isinstance(conversation, (list, tuple)) and bool(conversation) and \
             isinstance(conversation[0], (list, tuple))
         template = self.chat_template if chat_template is None else chat_template
+        if template is not None and not isinstance(template, str):
+            raise TokenizerError(f"chat_template must be a str, got {type(template).__name__}")
         results = [self._one_chat(c, template, add_generation_prompt, tokenize, template_kwargs)
                    for c in (conversation if batched else [conversation])]
         if not tokenize:
