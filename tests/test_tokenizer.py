@@ -178,7 +178,7 @@ def test_special_tokens(tok):
 def test_literal_special_text(tok, sp):
     assert tok.encode("<s>hi</s>", bos=False) == sp.encode("<s>hi</s>")  # text, as in sentencepiece
     parsed = tok.encode("<s>hi</s>", bos=False, parse_special_tokens=True)  # ids, as in transformers
-    assert parsed[0] == 1 and parsed[-1] == 2
+    assert parsed == [1, 2918, 2]  # no dummy prefix after <s>: "hi", not "▁hi", as in transformers
 
 
 def test_decode_shows_or_skips_specials(tok):
@@ -266,3 +266,34 @@ def test_bad_call_arguments(tok):
         tok(["a", "b c d"], return_tensors="np")
     with pytest.raises(TokenizerError, match="text must be a str"):
         tok.encode(None)
+
+
+def test_add_bos_and_eos_token_properties():
+    tok = LlamaTokenizer.from_pretrained(MODEL)
+    assert (tok.add_bos_token, tok.add_eos_token) == (True, False)
+    tok.add_eos_token = True
+    assert tok.encode("Hello") == [1, 15043, 2]
+    assert tok("Hello")["input_ids"] == [1, 15043, 2]
+    assert tok.encode("Hello", eos=False) == [1, 15043] and tok.encode("Hello", add_special_tokens=False) == [15043]
+    tok.add_bos_token = False
+    assert tok.encode("Hello") == [15043, 2] and tok.build_inputs_with_special_tokens([10]) == [10, 2]
+    tok.update_post_processor()  # the transformers spelling; settings already take effect
+    assert tok.encode("Hello") == [15043, 2]
+    with pytest.raises(TokenizerError, match="add_bos_token must be True or False"):
+        tok.add_bos_token = "yes"
+
+
+def test_text_pairs():
+    tok = LlamaTokenizer.from_pretrained(MODEL)
+    assert tok("Hello", "world") == {"input_ids": [1, 15043, 1, 3186], "attention_mask": [1] * 4}
+    assert tok(["Hello", "a"], ["world", "b c"])["input_ids"] == [[1, 15043, 1, 3186], [1, 263, 1, 289, 274]]
+    assert tok("Hello", "world", add_special_tokens=False)["input_ids"] == [15043, 3186]
+    tok.add_eos_token = True
+    assert tok("Hello", "world")["input_ids"] == [1, 15043, 2, 1, 3186, 2]
+    assert tok.build_inputs_with_special_tokens([10, 11], [20]) == [1, 10, 11, 2, 1, 20, 2]
+    assert tok.get_special_tokens_mask([10, 11], [20]) == [1, 0, 0, 1, 1, 0, 1]
+    assert tok.create_token_type_ids_from_sequences([10, 11], [20]) == [0, 0, 0, 0, 1, 1, 1]
+    with pytest.raises(TokenizerError, match="text_pair must match text"):
+        tok(["a", "b"], ["c"])
+    with pytest.raises(TokenizerError, match="text_pair must match text"):
+        tok("a", ["c"])

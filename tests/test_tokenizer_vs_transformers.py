@@ -88,3 +88,42 @@ def test_fast_tokenizer_same_interface(folders):
     assert batch.input_ids.shape[0] == 2 and batch.input_ids[1, 0] == 32000
     assert fast.apply_chat_template([{"role": "user", "content": "Hi"}])[0] == 1
     assert fast.decode(fast.encode("<pad>", bos=False, parse_special_tokens=True), skip_special_tokens=False) == "<pad>"
+
+
+@pytest.fixture(scope="module")
+def llama2_hf_folder(tmp_path_factory):
+    """tokenizer.model with the tokenizer_config.json settings of the Llama-2-*-hf repos."""
+    folder = tmp_path_factory.mktemp("llama2-hf")
+    shutil.copy(MODEL, folder / "tokenizer.model")
+    (folder / "tokenizer_config.json").write_text('{"add_bos_token": true, "add_eos_token": false}')
+    return folder
+
+
+def test_bos_eos_settings_and_pairs_match_transformers(llama2_hf_folder):
+    import transformers
+    hf = transformers.LlamaTokenizer.from_pretrained(llama2_hf_folder)
+    ours = LlamaTokenizer.from_pretrained(llama2_hf_folder)
+    texts, pairs = ["Hello", "a b", "日本"], ["world", "c", "x y z"]
+    for add_eos in (False, True):
+        hf.add_eos_token = ours.add_eos_token = add_eos
+        for add_bos in (True, False):
+            hf.add_bos_token = ours.add_bos_token = add_bos
+            assert ours.encode("Hello world") == hf.encode("Hello world")
+            assert ours(texts)["input_ids"] == hf(texts)["input_ids"]
+            assert ours(texts, pairs)["input_ids"] == hf(texts, pairs)["input_ids"]
+            assert ours("Hello", "world") == dict(hf("Hello", "world"))
+
+
+def test_fast_tokenizer_saved_folder_loads_in_transformers(folders, tmp_path):
+    import transformers
+    _, _, json_folder = folders
+    fast = LlamaTokenizerFast.from_pretrained(json_folder)
+    fast.add_special_tokens({"pad_token": "<pad>"})
+    fast.save_pretrained(tmp_path)
+    assert (tmp_path / "tokenizer.json").exists() and (tmp_path / "special_tokens_map.json").exists()
+    hf = transformers.LlamaTokenizerFast.from_pretrained(tmp_path)
+    assert (hf.pad_token, hf.pad_token_id) == ("<pad>", 32000)
+    again = LlamaTokenizerFast.from_pretrained(tmp_path)
+    for s in CORPUS[:200] + ["<s>hi</s>", "a<pad>b"]:
+        assert again.encode(s, parse_special_tokens=True) == fast.encode(s, parse_special_tokens=True), repr(s)
+        assert again.encode(s, bos=False, parse_special_tokens=True) == hf.encode(s, add_special_tokens=False), repr(s)

@@ -11,7 +11,9 @@ Choices (see docs/tokenizer.md for the comparison with transformers):
 * ``encode`` gives sentencepiece's ids: literal ``"<s>"`` in text is text, not the
   BOS id, unless ``parse_special_tokens=True``.
 * ``decode`` skips special tokens by default, as Meta's and sentencepiece's decoders
-  do, so ``decode(encode(s)) == s``; ``skip_special_tokens=False`` shows them.
+  do, so ``decode(encode(s)) == s``; ``skip_special_tokens=False`` shows them. ``<unk>``
+  decodes to sentencepiece's " ⁇ ".
+* ``add_bos_token`` / ``add_eos_token`` decide what ``encode`` and ``__call__`` add, as in transformers.
 """
 
 from __future__ import annotations
@@ -52,6 +54,17 @@ class LlamaTokenizerBase(SpecialTokensMixin, EncodingMixin, DecodingMixin, ChatM
 
     def _encode_plain(self, text: str) -> list[int]:
         raise NotImplementedError
+
+    def _encode_after_special(self, text: str) -> list[int]:
+        """Encode text that follows a special token: without the dummy prefix where the engine has one."""
+        return self._encode_plain(text)
+
+    def _pieces_plain(self, text: str) -> list[str]:
+        """The pieces ``_encode_plain`` gives, as text (an unknown character as itself where the engine can)."""
+        return [self._id_to_piece(i) for i in self._encode_plain(text)]
+
+    def _pieces_after_special(self, text: str) -> list[str]:
+        return [self._id_to_piece(i) for i in self._encode_after_special(text)]
 
     def _decode_plain(self, ids: list[int]) -> str:
         """Decode ordinary pieces; drops the dummy-prefix space of a word-initial first piece."""

@@ -15,10 +15,12 @@ a string with a score. Encoding a text takes three steps.
    piece of its own, ``<0xF0>`` ``<0x9F>`` ...; no text is ever "unknown".
 
 Decoding reverses it: pieces are joined, byte pieces are turned back into bytes,
-"▁" becomes a space, and the dummy-prefix space at the very start is dropped.
+"▁" becomes a space, and the dummy-prefix space of the first piece with any text is dropped.
 
-The model file is a protocol buffer; :func:`read_model_proto` reads the few
-fields needed, with a dozen lines of wire-format parsing and no protobuf library.
+The model file is a protocol buffer; :func:`parse_model_proto` reads the few
+fields needed, with a dozen lines of wire-format parsing and no protobuf library, and
+:func:`with_spec_flag` rewrites one setting (``without_dummy_prefix`` turns the dummy
+prefix off, for text that follows a special token).
 """
 
 from __future__ import annotations
@@ -88,24 +90,31 @@ class SentencePieceModel:
 
 
 def read_model_proto(path: str | os.PathLike) -> SentencePieceModel:
-    """Read the pieces and the settings the Llama encoding depends on from a ``tokenizer.model``.
+    """Read the pieces and the settings the Llama encoding depends on from a ``tokenizer.model``."""
+    with open(path, "rb") as f:
+        return parse_model_proto(f.read())
+
+
+def parse_model_proto(data: bytes) -> SentencePieceModel:
+    """The pieces and settings of a serialized sentencepiece ModelProto.
 
     ModelProto fields used: 1 = pieces (1 piece, 2 score, 3 type); 2 = trainer spec
     (3 model type, 35 byte_fallback); 3 = normalizer spec (1 name, 3 add_dummy_prefix,
-    4 remove_extra_whitespaces).
+    4 remove_extra_whitespaces). A piece that is not UTF-8 text is refused here, at
+    load, rather than when it is first decoded.
     """
-    with open(path, "rb") as f:
-        data = f.read()
     pieces, scores, types = [], [], []
     model_type, byte_fallback = 1, False
     normalizer, add_dummy_prefix, remove_extra_whitespaces = "nmt_nfkc", True, True
     for number, value in _fields(data):
         if number == 1:
             piece, score, kind = "", 0.0, NORMAL
-            for n, v in _fields(value):
+            for n, v in _fields(_bytes(value)):
                 if n == 1:
-                    piece = v.decode("utf-8")
+                    piece = _text(v, f"piece {len(pieces)}")
                 elif n == 2:
+                    if not isinstance(v, bytes) or len(v) != 4:
+                        raise ValueError(f"piece {len(pieces)} has a malformed score")
                     (score,) = struct.unpack("<f", v)
                 elif n == 3:
                     kind = v
@@ -113,15 +122,15 @@ def read_model_proto(path: str | os.PathLike) -> SentencePieceModel:
             scores.append(score)
             types.append(kind)
         elif number == 2:
-            for n, v in _fields(value):
+            for n, v in _fields(_bytes(value)):
                 if n == 3:
                     model_type = v
                 elif n == 35:
                     byte_fallback = bool(v)
         elif number == 3:
-            for n, v in _fields(value):
+            for n, v in _fields(_bytes(value)):
                 if n == 1:
-                    normalizer = v.decode("utf-8")
+                    normalizer = _text(v, "normalizer name")
                 elif n == 3:
                     add_dummy_prefix = bool(v)
                 elif n == 4:
@@ -130,6 +139,74 @@ def read_model_proto(path: str | os.PathLike) -> SentencePieceModel:
         raise ValueError("no pieces found")
     return SentencePieceModel(pieces, scores, types, model_type, byte_fallback,
                               add_dummy_prefix, remove_extra_whitespaces, normalizer)
+
+
+def _bytes(value) -> bytes:
+    if not isinstance(value, bytes):
+        raise ValueError("a sub-message field holds a number, not bytes")
+    return value
+
+
+def _text(value, what: str) -> str:
+    try:
+        return _bytes(value).decode("utf-8")
+    except UnicodeDecodeError:
+        raise ValueError(f"{what} is not UTF-8 text: {value[:16]!r}") from None
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte, value = value & 0x7F, value >> 7
+        out.append(byte | (0x80 if value else 0))
+        if not value:
+            return bytes(out)
+
+
+def without_dummy_prefix(data: bytes) -> bytes:
+    """The same serialized ModelProto with normalizer_spec.add_dummy_prefix = false.
+
+    sentencepiece puts "▁" in front of every text it encodes; text that follows a special
+    token in the middle of a prompt must not get one (transformers' encoding of "<s>hi" is
+    ``[<s>, hi]``, not ``[<s>, ▁hi]``). A second processor loaded from this proto encodes such text.
+    """
+    return with_spec_flag(data, spec=3, flag=3, value=0)  # normalizer spec, add_dummy_prefix
+
+
+def with_spec_flag(data: bytes, spec: int, flag: int, value: int) -> bytes:
+    """The serialized ModelProto ``data`` with varint field ``flag`` of sub-message ``spec``
+    (2 trainer spec, 3 normalizer spec) set to ``value``.
+
+    Protobuf lets a later occurrence of a field override an earlier one, so appending
+    the field to the sub-message is enough; every other byte is copied as it is.
+    """
+    setting = _varint(flag << 3) + _varint(value)
+    out, pos, seen = bytearray(), 0, False
+    while pos < len(data):
+        start = pos
+        key, pos = _read_varint(data, pos)
+        if key != (spec << 3) | 2:  # any other field: copy it as it is
+            pos = _skip_value(data, pos, key & 7)
+            out += data[start:pos]
+            continue
+        length, pos = _read_varint(data, pos)
+        message, pos, seen = data[pos:pos + length] + setting, pos + length, True
+        out += _varint(key) + _varint(len(message)) + message
+    if not seen:  # no such sub-message at all: add one holding just the setting
+        out += _varint((spec << 3) | 2) + _varint(len(setting)) + setting
+    return bytes(out)
+
+
+def _skip_value(data: bytes, pos: int, wire: int) -> int:
+    """The position after a field value of wire type ``wire`` that starts at ``pos``."""
+    if wire == 0:
+        return _read_varint(data, pos)[1]
+    if wire == 2:
+        length, pos = _read_varint(data, pos)
+        return pos + length
+    if wire in (1, 5):
+        return pos + (8 if wire == 1 else 4)
+    raise ValueError(f"unsupported protobuf wire type {wire}")
 
 
 # ---- the tokenizer --------------------------------------------------------------------------
@@ -209,19 +286,51 @@ class BPETokenizer:
         return ids
 
     def decode(self, ids: list[int]) -> str:
-        """Piece ids -> text. Control pieces decode to nothing, unknown to " ⁇ "."""
-        out = bytearray()
-        for i in ids:
-            kind, piece = self.model.types[i], self.model.pieces[i]
+        """Piece ids -> text, as sentencepiece decodes.
+
+        Control pieces (<s>, </s>) decode to nothing and unknown ones to " ⁇ ". Runs of
+        byte pieces become UTF-8 text, one U+FFFD per byte that does not form a character.
+        The dummy-prefix space is dropped once, from the first piece that shows any text,
+        so BOS in front changes nothing: ``[<s>, ▁Hello]`` is "Hello".
+        """
+        text, pending, at_start = [], bytearray(), True
+        for i in ids + [None]:
+            kind = None if i is None else self.model.types[i]
             if kind == BYTE:
-                out.append(int(piece[3:5], 16))
-            elif kind == UNKNOWN:
-                out += " \u2047 ".encode("utf-8")
-            elif kind != CONTROL:
-                out += piece.replace(SPACE, " ").encode("utf-8")
-        text = out.decode("utf-8", errors="replace")
-        # Drop the dummy-prefix space, which the first piece carries when it starts a word.
-        if self.model.add_dummy_prefix and ids and self.model.types[ids[0]] in (NORMAL, USER_DEFINED) \
-                and self.model.pieces[ids[0]].startswith(SPACE):
-            text = text[1:]
-        return text
+                pending.append(int(self.model.pieces[i][3:5], 16))
+                continue
+            if pending:
+                text.append(decode_bytes(bytes(pending)))
+                pending.clear()
+                at_start = False
+            if kind is None or kind == CONTROL:
+                continue
+            if kind == UNKNOWN:
+                text.append(" \u2047 ")
+                at_start = False
+                continue
+            piece = self.model.pieces[i]
+            if at_start and self.model.add_dummy_prefix and piece.startswith(SPACE):
+                piece, at_start = piece[1:], False
+            text.append(piece.replace(SPACE, " "))
+            at_start = at_start and not piece
+        return "".join(text)
+
+
+def decode_bytes(data: bytes) -> str:
+    """UTF-8 bytes -> text, as sentencepiece does it: each byte that does not start a
+    complete, valid character becomes one U+FFFD, and decoding resumes at the next byte.
+    (Python's ``errors="replace"`` would give one U+FFFD for a truncated sequence.)"""
+    out, pos = [], 0
+    while pos < len(data):
+        for length in (1, 2, 3, 4):
+            try:
+                out.append(data[pos:pos + length].decode("utf-8"))
+            except UnicodeDecodeError:
+                continue
+            pos += length
+            break
+        else:
+            out.append("\ufffd")
+            pos += 1
+    return "".join(out)

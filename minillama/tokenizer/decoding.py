@@ -8,14 +8,19 @@ SPACE = "\u2581"
 class DecodingMixin:
     """``decode``, ``batch_decode`` and streaming decode."""
 
+    renders_unknown = False  # whether the engine decodes <unk> to visible text (sentencepiece: " ⁇ ")
+
     def decode(self, ids, skip_special_tokens: bool = True) -> str:
         """Ids -> text. Special tokens are skipped by default; with skip_special_tokens=False
         they appear as their text ("<s>"). Only the very start of the text loses the
-        dummy-prefix space."""
+        dummy-prefix space. Where the engine renders the unknown piece (sentencepiece's
+        " ⁇ "), skipping keeps it, as sentencepiece and Meta's decoder do."""
         ids = [int(i) for i in (ids.tolist() if hasattr(ids, "tolist") else ids)]
         self._check_ids(ids)
         special = set(self.all_special_ids) | set(self.added_tokens.values())
         if skip_special_tokens:
+            if self.renders_unknown and self.unk_token_id not in (self.bos_token_id, self.eos_token_id, self.pad_token_id):
+                special.discard(self.unk_token_id)  # unless <unk> doubles as padding
             return self._decode_plain([i for i in ids if i not in special])
         text, run = "", []
         for i in ids + [None]:

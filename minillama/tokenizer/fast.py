@@ -5,7 +5,10 @@ from __future__ import annotations
 import os
 
 from ..errors import TokenizerError
+from ..files import MiB, read_limited
 from .base import LlamaTokenizerBase
+
+JSON_LIMIT = 256 * MiB  # Llama 2's tokenizer.json is 1.8 MB, Llama 3's 9 MB
 
 
 class LlamaTokenizerFast(LlamaTokenizerBase):
@@ -24,12 +27,14 @@ class LlamaTokenizerFast(LlamaTokenizerBase):
             from tokenizers import Tokenizer
         except ImportError:
             raise TokenizerError("LlamaTokenizerFast needs the tokenizers package: pip install tokenizers") from None
-        if not os.path.isfile(path):
+        if not os.path.lexists(path):
             raise TokenizerError(f"tokenizer file not found: {path}")
+        data = read_limited(path, JSON_LIMIT, TokenizerError, "tokenizer.json")
         try:
-            self.tk = Tokenizer.from_file(path)
-        except Exception as error:
-            raise TokenizerError(f"{path}: not a tokenizers JSON file ({error})") from None
+            self.tk = Tokenizer.from_str(data.decode("utf-8"))
+        except Exception as error:  # the tokenizers library raises its own Exception subclass
+            message = (str(error).strip().splitlines() or ["unreadable"])[0]
+            raise TokenizerError(f"{path}: not a tokenizers JSON file ({message})") from None
         self.tk.encode_special_tokens = True  # literal "<s>" is text unless parse_special_tokens=True
         self.vocab_size = self.tk.get_vocab_size(with_added_tokens=True)
 
@@ -39,11 +44,21 @@ class LlamaTokenizerFast(LlamaTokenizerBase):
     def _decode_plain(self, ids):
         return self.tk.decode(ids, skip_special_tokens=False)
 
+    def _pieces_plain(self, text):
+        return self.tk.encode(text, add_special_tokens=False).tokens if text else []
+
     def _encode_parsing_specials(self, text):
-        # The tokenizers library matches its own special tokens in text; let it.
+        return self._encoding_parsing_specials(text).ids
+
+    def _pieces_parsing_specials(self, text):
+        return self._encoding_parsing_specials(text).tokens
+
+    def _encoding_parsing_specials(self, text):
+        # The tokenizers library matches its own special tokens in text (and handles the
+        # space after them as its pipeline says); let it.
         self.tk.encode_special_tokens = False
         try:
-            return self.tk.encode(text, add_special_tokens=False).ids
+            return self.tk.encode(text, add_special_tokens=False)
         finally:
             self.tk.encode_special_tokens = True
 

@@ -29,10 +29,6 @@ class SpecialTokensMixin:
             return self._id_to_piece(int(ids))
         return [self.convert_ids_to_tokens(i) for i in ids]
 
-    def tokenize(self, text: str) -> list[str]:
-        """The pieces of ``text`` (no BOS/EOS)."""
-        return self.convert_ids_to_tokens(self.encode(text, bos=False))
-
     def _token_id(self, token):
         return None if token is None else self.convert_tokens_to_ids(token)
 
