@@ -113,4 +113,4 @@ messages = [{"role": "system", "content": "Answer in one word."},
             {"role": "assistant", "content": "Grass."},
             {"role": "user", "content": "And alpacas?"}]
 print(tokenizer.apply_chat_template(messages, tokenize=False))
-print(tokenizer.apply_chat_template(messages))
+print(tokenizer.apply_chat_template(messages)["input_ids"])

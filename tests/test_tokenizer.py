@@ -143,7 +143,7 @@ DIALOGS = [
 
 @pytest.mark.parametrize("dialog", DIALOGS)
 def test_chat_template_matches_meta(tok, sp, dialog):
-    assert tok.apply_chat_template(dialog) == meta_chat_reference(sp, dialog)
+    assert tok.apply_chat_template(dialog, return_dict=False) == meta_chat_reference(sp, dialog)
 
 
 def test_chat_template_text(tok):
@@ -162,7 +162,7 @@ def test_chat_template_text(tok):
 ])
 def test_chat_template_rejects_bad_conversations(tok, bad):
     with pytest.raises(TokenizerError):
-        tok.apply_chat_template(bad)
+        tok.apply_chat_template(bad, return_dict=False)
 
 
 # ---- the Hugging Face interface -------------------------------------------------------------

@@ -346,18 +346,19 @@ def test_llama2_chat_template(chat_folder, monkeypatch):
     import sys
     monkeypatch.setitem(sys.modules, "jinja2", None)  # Llama 2's template needs no jinja2
     tok = LlamaTokenizer.from_pretrained(chat_folder)
-    assert tok.apply_chat_template(CHAT) == CHAT_IDS
+    assert tok.apply_chat_template(CHAT, return_dict=False) == CHAT_IDS
+    assert tok.apply_chat_template(CHAT)["input_ids"] == CHAT_IDS  # a dict by default, as in transformers 5
     assert tok.apply_chat_template(CHAT, tokenize=False) == CHAT_TEXT
-    assert tok.apply_chat_template(CHAT, add_generation_prompt=True) == CHAT_IDS
+    assert tok.apply_chat_template(CHAT, add_generation_prompt=True, return_dict=False) == CHAT_IDS
     encoded = tok.apply_chat_template(CHAT, return_dict=True)
     assert encoded.input_ids == CHAT_IDS and encoded.attention_mask == [1] * len(CHAT_IDS)
     assert tok.apply_chat_template([CHAT, CHAT[1:2]], return_dict=True)["input_ids"][0] == CHAT_IDS
-    assert tok.apply_chat_template(CHAT, return_tensors="np").shape == (1, len(CHAT_IDS))
-    meta = LlamaTokenizer.from_pretrained(MODEL).apply_chat_template(CHAT)  # no template: Meta's per-turn encoding
+    assert tok.apply_chat_template(CHAT, return_tensors="np", return_dict=False).shape == (1, len(CHAT_IDS))
+    meta = LlamaTokenizer.from_pretrained(MODEL).apply_chat_template(CHAT, return_dict=False)  # no template: Meta's per-turn encoding
     assert meta[:4] == [1, 518, 25580, 29962] and len(meta) == len(CHAT_IDS)
     assert LlamaTokenizer.from_pretrained(MODEL).apply_chat_template(CHAT, tokenize=False) == CHAT_TEXT
     with pytest.raises(TokenizerError, match="rendering it needs jinja2"):
-        tok.apply_chat_template(CHAT, chat_template="{{ messages[0]['content'] }}")
+        tok.apply_chat_template(CHAT, chat_template="{{ messages[0]['content'] }}", return_dict=False)
 
 
 def test_other_templates_rendered_with_jinja(chat_folder):
@@ -369,23 +370,23 @@ def test_other_templates_rendered_with_jinja(chat_folder):
                "{% if add_generation_prompt %}assistant:{% endif %}"
     text = tok.apply_chat_template(CHAT[1:2], chat_template=template, add_generation_prompt=True, tokenize=False)
     assert text == "<s>user: 2+2?\nassistant:"
-    assert tok.apply_chat_template(CHAT[1:2], chat_template=template) == tok.encode(
+    assert tok.apply_chat_template(CHAT[1:2], chat_template=template, return_dict=False) == tok.encode(
         "<s>user: 2+2?\n", add_special_tokens=False, parse_special_tokens=True) == [1, 1792, 29901, 29871, 29906,
                                                                                   29974, 29906, 29973, 13]
     with pytest.raises(TokenizerError, match="chat template: Conversation roles must alternate"):
         tok._render_template(LLAMA2_CHAT_TEMPLATE, CHAT[1:3] + CHAT[2:3], False, {})
     with pytest.raises(TokenizerError, match="chat roles must alternate"):  # the same check without jinja
-        tok.apply_chat_template(CHAT[1:3] + CHAT[2:3])
+        tok.apply_chat_template(CHAT[1:3] + CHAT[2:3], return_dict=False)
     with pytest.raises(TokenizerError, match="chat template: TemplateSyntaxError: "):
-        tok.apply_chat_template(CHAT, chat_template="{% for %}")
+        tok.apply_chat_template(CHAT, chat_template="{% for %}", return_dict=False)
     with pytest.raises(TokenizerError, match="chat template: SecurityError: "):  # the sandbox holds
-        tok.apply_chat_template(CHAT, chat_template="{{ messages.__class__.__mro__ }}{{ ''.__class__.mro() }}")
+        tok.apply_chat_template(CHAT, chat_template="{{ messages.__class__.__mro__ }}{{ ''.__class__.mro() }}", return_dict=False)
     with pytest.raises(TokenizerError, match="chat template: TypeError: "):
-        tok.apply_chat_template([{"role": "user", "content": None}], chat_template="{{ messages[0]['content'] + 1 }}")
+        tok.apply_chat_template([{"role": "user", "content": None}], chat_template="{{ messages[0]['content'] + 1 }}", return_dict=False)
     with pytest.raises(TokenizerError, match="chat_template must be a str, got int"):
-        tok.apply_chat_template(CHAT, chat_template=5)
+        tok.apply_chat_template(CHAT, chat_template=5, return_dict=False)
     with pytest.raises(TokenizerError, match="a chat must be a non-empty list of message dicts"):
-        tok.apply_chat_template(["hi"], chat_template=template)
+        tok.apply_chat_template(["hi"], chat_template=template, return_dict=False)
 
 
 def test_chat_template_matches_transformers(chat_folder):
@@ -396,7 +397,7 @@ def test_chat_template_matches_transformers(chat_folder):
     tok = LlamaTokenizer.from_pretrained(chat_folder)
     assert hf.apply_chat_template(CHAT, return_dict=False) == CHAT_IDS
     for dialog in DIALOGS + [CHAT]:
-        assert tok.apply_chat_template(dialog) == hf.apply_chat_template(dialog, return_dict=False)
+        assert tok.apply_chat_template(dialog, return_dict=False) == hf.apply_chat_template(dialog, return_dict=False)
         assert tok.apply_chat_template(dialog, tokenize=False) == hf.apply_chat_template(dialog, tokenize=False)
     assert tok.apply_chat_template(DIALOGS, return_dict=True)["input_ids"] == hf.apply_chat_template(DIALOGS)["input_ids"]
 

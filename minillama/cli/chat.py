@@ -70,7 +70,7 @@ def _answer(args, model, tokenizer, talk: Conversation, message: str) -> None:
     from ..generation import GenerationOutput, stream_text
     system = args.system if args.system and talk.history.shape[1] == 0 else None
     messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": message}]
-    turn = tokenizer.apply_chat_template(messages)
+    turn = tokenizer.apply_chat_template(messages, return_dict=False)
     if talk.history.shape[1] and talk.history[0, -1] != tokenizer.eos_token_id:
         turn = [tokenizer.eos_token_id] + turn  # close an answer that was cut off by max-new-tokens
     room = talk.context - talk.history.shape[1] - len(turn)

@@ -36,7 +36,7 @@ class ChatMixin:
     """``apply_chat_template`` for Llama 2 chat models."""
 
     def apply_chat_template(self, conversation, add_generation_prompt: bool = False, tokenize: bool = True,
-                            return_dict: bool = False, chat_template: str | None = None,
+                            return_dict: bool = True, chat_template: str | None = None,
                             return_tensors: str | None = None, **template_kwargs):
         """A conversation (or a list of them) as ids, text, or a BatchEncoding.
 
@@ -49,8 +49,8 @@ class ChatMixin:
         (``parse_special_tokens=True``, no BOS added): after "<s>", "[INST]" gets no dummy
         prefix, so the ids differ from Meta's at that one piece per turn.
         tokenize=False returns the text ("<s>"/"</s>" standing for BOS/EOS; the same string in
-        both cases). return_dict=True returns input_ids and attention_mask (transformers 5
-        makes that its default; here the default is plain ids, as in transformers 4). Llama 2's format has no
+        both cases). return_dict=True (the default, as in transformers 5) returns a BatchEncoding of
+        input_ids and attention_mask; return_dict=False the ids alone (transformers 4's default). Llama 2's format has no
         generation prompt: add_generation_prompt changes nothing for it.
         """
         batched = isinstance(conversation, (list, tuple)) and bool(conversation) and \
