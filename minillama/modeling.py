@@ -18,6 +18,8 @@ from .config import LlamaConfig
 from .fast import assembly_for
 from .formats import detect_format, open_checkpoint
 from .model import KVCache, Weights, last_token_index, llama_forward, load_weights, state_dict_names
+from . import modeling_save
+from .modeling_generate import GenerationConfig, generation_config_for
 
 COMPUTE_DTYPES = ("float32", "float64", "float16")
 
@@ -49,6 +51,8 @@ class LlamaPreTrainedModel:
         self.dtype = dtype
         self.xp = get_namespace(backend)
         self.assembly = assembly if assembly is not None else assembly_for("reference", backend, config, False)
+        # A causal LM's generation defaults (generation_config.json when the checkpoint has one).
+        self.generation_config = GenerationConfig.from_model_config(config) if self._head == "lm_head" else None
 
     @classmethod
     def from_pretrained(cls, path, backend: str = "numpy", dtype: str = "float32", progress=None,
@@ -78,7 +82,10 @@ class LlamaPreTrainedModel:
         weights = load_weights(tensors, config, xp, dtype, head=cls._head, source=path, progress=progress, lazy=lazy)
         if chosen.arrange is not None and not lazy:
             weights = chosen.arrange(weights, config)
-        return cls(config, weights, backend=backend, dtype=dtype, assembly=chosen)
+        model = cls(config, weights, backend=backend, dtype=dtype, assembly=chosen)
+        if model.generation_config is not None:
+            model.generation_config = generation_config_for(path, config)
+        return model
 
     def _prepare(self, input_ids, attention_mask, position_ids, past: int = 0):
         """Check the inputs and put them on the backend as integer arrays (``past``: positions already cached)."""
@@ -162,6 +169,16 @@ class LlamaPreTrainedModel:
         elif w.lm_head is not None:
             w.lm_head = resized(w.lm_head)
         self.config.vocab_size = new_num_tokens
+
+    def save_pretrained(self, save_directory, max_shard_size: int | str = "5GB", safe_serialization: bool = True) -> list:
+        """Write this model as a Hugging Face folder that transformers' ``from_pretrained`` loads.
+
+        config.json, safetensors weights in the model's dtype (sharded with an index above
+        ``max_shard_size``: bytes, or "5GB", "500MB", "2GiB"), and generation_config.json for a
+        causal LM. A tied LM head is stored once; a lazy model is streamed tensor by tensor; the
+        files appear only when all are written (see ``minillama.modeling_save``). Returns the file names.
+        """
+        return modeling_save.save_pretrained(self, save_directory, max_shard_size, safe_serialization)
 
     def state_dict(self) -> dict:
         """Hugging Face name -> the live parameter array (a tied LM head appears once, as the embedding)."""

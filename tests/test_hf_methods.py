@@ -84,3 +84,193 @@ def test_config_save_pretrained_reads_in_transformers(tmp_path, overrides):
     assert theirs.dtype == (getattr(torch, config.torch_dtype) if config.torch_dtype else None)
     theirs.save_pretrained(tmp_path / "back")  # and what transformers writes back reads equal here
     assert LlamaConfig.from_pretrained(tmp_path / "back") == config
+
+
+# ---- 2. model.save_pretrained -------------------------------------------------------------------
+
+IDS = np.array([[1, 5, 9, 33, 2, 70], [4, 4, 80, 17, 60, 3]])
+
+
+def _header(path):
+    with open(path, "rb") as f:
+        size = int.from_bytes(f.read(8), "little")
+        return json.loads(f.read(size))
+
+
+def _transformers_logits(folder, ids=IDS, dtype="float32"):
+    import torch
+    import transformers
+    theirs = transformers.LlamaForCausalLM.from_pretrained(folder, dtype=getattr(torch, dtype),
+                                                           attn_implementation="eager").eval()
+    return torch_forward(theirs, ids).logits.float().numpy()
+
+
+@pytest.mark.parametrize("tied", [False, True], ids=["untied", "tied"])
+@pytest.mark.parametrize("shard", [None, 30_000], ids=["one-file", "sharded"])
+def test_save_pretrained_loads_in_transformers(tmp_path, tied, shard):
+    pytest.importorskip("torch")
+    pytest.importorskip("transformers")
+    make_hf_checkpoint(tmp_path / "source", tie_word_embeddings=tied)
+    model = minillama.load(tmp_path / "source")
+    ours = model(IDS).logits
+    written = model.save_pretrained(tmp_path / "saved", **({"max_shard_size": shard} if shard else {}))
+    files = sorted(os.listdir(tmp_path / "saved"))
+    assert files == sorted(written) and "generation_config.json" in files and "config.json" in files
+    np.testing.assert_allclose(_transformers_logits(tmp_path / "saved"), ours, atol=1e-5, rtol=0)
+    np.testing.assert_array_equal(minillama.load(tmp_path / "saved")(IDS).logits, ours)
+    shards = [n for n in files if n.endswith(".safetensors")]
+    names = set().union(*[_header(tmp_path / "saved" / n).keys() for n in shards]) - {"__metadata__"}
+    assert ("lm_head.weight" in names) == (not tied)  # a tied head is stored once, as the embedding
+    if shard:
+        index = json.load(open(tmp_path / "saved" / "model.safetensors.index.json"))
+        assert len(shards) > 1 and set(index["weight_map"]) == names
+        assert index["metadata"]["total_parameters"] == model.num_parameters()
+        for n in shards:  # no shard over the limit, unless it holds one tensor only
+            assert os.path.getsize(tmp_path / "saved" / n) < shard + 4096 or len(_header(tmp_path / "saved" / n)) == 2
+    else:
+        assert shards == ["model.safetensors"]
+
+
+def test_save_pretrained_float16_stays_float16(tmp_path):
+    pytest.importorskip("torch")
+    pytest.importorskip("transformers")
+    make_hf_checkpoint(tmp_path / "source", save_dtype="float16")
+    model = minillama.load(tmp_path / "source", dtype="float16")
+    model.save_pretrained(tmp_path / "saved")
+    header = _header(tmp_path / "saved" / "model.safetensors")
+    assert {v["dtype"] for k, v in header.items() if k != "__metadata__"} == {"F16"}
+    assert json.load(open(tmp_path / "saved" / "config.json"))["dtype"] == "float16"
+    theirs = _transformers_logits(tmp_path / "saved")  # float16 weights, computed in float32
+    np.testing.assert_allclose(theirs, _transformers_logits(tmp_path / "source"), atol=0, rtol=0)
+    np.testing.assert_allclose(model(IDS).logits.astype(np.float32), theirs, atol=0.05, rtol=0)
+
+
+def test_save_pretrained_classifier_and_base_model_load_in_transformers(tmp_path):
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    make_hf_checkpoint(tmp_path / "cls", cls_name="LlamaForSequenceClassification", num_labels=3, pad_token_id=0)
+    classifier = minillama.load(tmp_path / "cls")
+    classifier.save_pretrained(tmp_path / "cls-saved")
+    assert classifier.generation_config is None and "generation_config.json" not in os.listdir(tmp_path / "cls-saved")
+    theirs = transformers.LlamaForSequenceClassification.from_pretrained(tmp_path / "cls-saved", dtype=torch.float32)
+    np.testing.assert_allclose(torch_forward(theirs.eval(), IDS).logits.numpy(), classifier(IDS).logits, atol=1e-5)
+    base = minillama.LlamaModel.from_pretrained(tmp_path / "cls")
+    base.save_pretrained(tmp_path / "base-saved")
+    assert "embed_tokens.weight" in _header(tmp_path / "base-saved" / "model.safetensors")  # no "model." prefix
+    theirs = transformers.LlamaModel.from_pretrained(tmp_path / "base-saved", dtype=torch.float32).eval()
+    np.testing.assert_allclose(torch_forward(theirs, IDS).last_hidden_state.numpy(), base(IDS).last_hidden_state,
+                               atol=1e-5)
+
+
+def test_save_pretrained_round_trips_without_torch(tmp_path, tiny):
+    model = minillama.load(tiny)
+    model.save_pretrained(tmp_path / "saved", max_shard_size="0.2MB")
+    again = minillama.load(tmp_path / "saved")
+    assert again.config == model.config and again.generation_config == model.generation_config
+    for name, value in model.state_dict().items():
+        np.testing.assert_array_equal(again.state_dict()[name], value, err_msg=name)
+    assert len([n for n in os.listdir(tmp_path / "saved") if n.endswith(".safetensors")]) > 1
+
+
+def test_save_pretrained_streams_a_lazy_model(tmp_path, monkeypatch):
+    from minillama import modeling_save
+    write_random_checkpoint(tmp_path / "source", dtype="float16")
+    eager = minillama.load(tmp_path / "source")
+    lazy = minillama.load(tmp_path / "source", lazy=True)
+    made, alive_at_each_call = [], []
+    original = modeling_save.SavedTensor.raw
+
+    def tracked(self):
+        import weakref
+        alive_at_each_call.append(sum(ref() is not None for ref in made))
+        array = original(self)
+        made.append(weakref.ref(array))
+        return array
+    monkeypatch.setattr(modeling_save.SavedTensor, "raw", tracked)
+    lazy.save_pretrained(tmp_path / "lazy")
+    assert len(made) == len(lazy.state_dict()) and max(alive_at_each_call) <= 1  # one tensor in memory at a time
+    monkeypatch.undo()
+    eager.save_pretrained(tmp_path / "eager")
+    for name in ("model.safetensors", "config.json", "generation_config.json"):
+        assert open(tmp_path / "lazy" / name, "rb").read() == open(tmp_path / "eager" / name, "rb").read(), name
+
+
+def test_save_pretrained_into_an_existing_folder(tmp_path, tiny):
+    model = minillama.load(tiny)
+    target = tmp_path / "target"
+    model.save_pretrained(target, max_shard_size="0.2MB")
+    (target / "tokenizer.model").write_bytes(b"kept")
+    model.save_pretrained(target)  # one file now: the old shards and index go, other files stay
+    assert sorted(os.listdir(target)) == ["config.json", "generation_config.json", "model.safetensors", "tokenizer.model"]
+    again = minillama.load(target)
+    np.testing.assert_array_equal(again(IDS).logits, model(IDS).logits)
+    assert sorted(os.listdir(tmp_path)) == ["target"]  # no temporary folder left beside it
+
+
+def test_save_pretrained_over_its_own_source_folder(tmp_path):
+    write_random_checkpoint(tmp_path / "model")
+    model = minillama.load(tmp_path / "model")  # float32 weights memory-mapped from the files replaced
+    before = model(IDS).logits
+    model.save_pretrained(tmp_path / "model")
+    np.testing.assert_array_equal(model(IDS).logits, before)
+    np.testing.assert_array_equal(minillama.load(tmp_path / "model")(IDS).logits, before)
+
+
+def test_save_pretrained_failure_leaves_nothing_half_written(tmp_path, tiny, monkeypatch):
+    from minillama import modeling_save
+    model = minillama.load(tiny)
+    model.save_pretrained(tmp_path / "old")
+    before = {n: open(tmp_path / "old" / n, "rb").read() for n in os.listdir(tmp_path / "old")}
+    calls = []
+
+    def failing(path, names, tensors, progress=None):
+        calls.append(path)
+        if len(calls) == 2:
+            raise OSError("disk full")
+        return modeling_save.__dict__["_real_write"](path, names, tensors, progress)
+    monkeypatch.setitem(modeling_save.__dict__, "_real_write", modeling_save.write_safetensors)
+    monkeypatch.setattr(modeling_save, "write_safetensors", failing)
+    for target in ("old", "new"):
+        calls.clear()
+        with pytest.raises(OSError, match="disk full"):
+            model.save_pretrained(tmp_path / target, max_shard_size="0.2MB")
+    assert sorted(os.listdir(tmp_path)) == ["old"]  # "new" never appeared, no temporary folder is left
+    assert {n: open(tmp_path / "old" / n, "rb").read() for n in os.listdir(tmp_path / "old")} == before
+
+
+def test_save_pretrained_bad_arguments(tmp_path, tiny):
+    model = minillama.load(tiny)
+    with pytest.raises(ValueError, match="safe_serialization"):
+        model.save_pretrained(tmp_path / "x", safe_serialization=False)
+    for bad in ("5 parsecs", "", "-1GB", 0, -5, 2.5, True):
+        with pytest.raises(ValueError, match="max_shard_size"):
+            model.save_pretrained(tmp_path / "x", max_shard_size=bad)
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(NotADirectoryError, match="file"):
+        model.save_pretrained(tmp_path / "file")
+    assert sorted(os.listdir(tmp_path)) == ["file"]
+
+
+def test_parse_shard_size_reads_sizes_as_transformers():
+    from minillama.modeling_save import parse_shard_size
+    assert parse_shard_size("5GB") == 5 * 10**9 and parse_shard_size("500MB") == 500 * 10**6
+    assert parse_shard_size("1.5kb") == 1500 and parse_shard_size(" 2TB ") == 2 * 10**12
+    assert parse_shard_size("2GiB") == 2 * 2**30 and parse_shard_size("3MiB") == 3 * 2**20 and parse_shard_size(7) == 7
+    hub = pytest.importorskip("huggingface_hub.serialization._base")
+    for size in ("5GB", "500MB", "1.5kb", " 2TB ", "0.3MB"):
+        assert parse_shard_size(size) == hub.parse_size_to_int(size)
+
+
+def test_generation_config_json_is_read_and_saved_again(tmp_path, tiny):
+    import shutil
+    shutil.copytree(tiny, tmp_path / "model")
+    (tmp_path / "model" / "generation_config.json").write_text(
+        json.dumps({"do_sample": True, "temperature": 0.6, "top_p": 0.9, "max_length": 40, "bos_token_id": 1}))
+    model = minillama.load(tmp_path / "model")
+    assert model.generation_config.temperature == 0.6 and model.generation_config.top_k is None
+    model.save_pretrained(tmp_path / "saved")
+    assert json.load(open(tmp_path / "saved" / "generation_config.json")) == \
+        {"do_sample": True, "temperature": 0.6, "top_p": 0.9, "max_length": 40, "bos_token_id": 1}
+    (tmp_path / "model" / "generation_config.json").write_text("[1, 2]")
+    with pytest.raises(minillama.errors.ConfigError, match="generation_config.json"):
+        minillama.load(tmp_path / "model")
