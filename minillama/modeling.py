@@ -18,7 +18,7 @@ from .config import LlamaConfig
 from .fast import assembly_for
 from .formats import detect_format, open_checkpoint
 from .model import KVCache, Weights, last_token_index, llama_forward, load_weights, state_dict_names
-from . import modeling_save
+from . import modeling_resize, modeling_save
 from .modeling_generate import GenerationConfig, generation_config_for
 
 COMPUTE_DTYPES = ("float32", "float64", "float16")
@@ -144,31 +144,18 @@ class LlamaPreTrainedModel:
         """An empty KV cache for ``batch`` sequences of up to ``max_len`` positions, on this model's backend."""
         return KVCache(self.config, batch, max_len, self.xp, get_dtype(self.xp, self.dtype))
 
-    def resize_token_embeddings(self, new_num_tokens: int) -> None:
-        """Give the vocabulary ``new_num_tokens`` rows, e.g. after ``tokenizer.add_special_tokens``.
+    def resize_token_embeddings(self, new_num_tokens: int | None = None, pad_to_multiple_of: int | None = None,
+                                mean_resizing: bool = True, seed: int = 0):
+        """Give the vocabulary ``new_num_tokens`` rows (rounded up to ``pad_to_multiple_of``), e.g. after
+        ``tokenizer.add_special_tokens``; returns the (new) embedding table, (vocab, hidden).
 
-        New rows of the embedding (and of an untied LM head) are zero, so a new pad
-        token embeds to zero. Shrinking drops the last rows.
+        As transformers 5: new rows of the embedding and of an untied LM head are drawn close to
+        the old rows' mean (``mean_resizing``, the default) or normal with std 0.02
+        (``mean_resizing=False``); shrinking drops the last rows; ``config.vocab_size`` follows.
+        The draws are seeded (``seed``, 0 by default), so a resize is reproducible
+        (see ``minillama.modeling_resize``). With neither size given nothing changes.
         """
-        if not isinstance(new_num_tokens, int) or new_num_tokens < 1:
-            raise ValueError(f"new_num_tokens must be a positive integer, got {new_num_tokens!r}")
-        if self.weights.lazy_dtype is not None:
-            raise ValueError("resize_token_embeddings needs the weights in memory: load with lazy=False")
-        xp, w, old = self.xp, self.weights, self.config.vocab_size
-
-        def resized(table):  # (old, hidden) -> (new_num_tokens, hidden)
-            if new_num_tokens <= old:
-                return table[:new_num_tokens, :]
-            zeros = xp.zeros((new_num_tokens - old, table.shape[1]), dtype=table.dtype)
-            return xp.concat([table, zeros], axis=0)
-
-        tied = w.lm_head is w.embed_tokens
-        w.embed_tokens = resized(w.embed_tokens)
-        if tied:
-            w.lm_head = w.embed_tokens
-        elif w.lm_head is not None:
-            w.lm_head = resized(w.lm_head)
-        self.config.vocab_size = new_num_tokens
+        return modeling_resize.resize_token_embeddings(self, new_num_tokens, pad_to_multiple_of, mean_resizing, seed)
 
     def save_pretrained(self, save_directory, max_shard_size: int | str = "5GB", safe_serialization: bool = True) -> list:
         """Write this model as a Hugging Face folder that transformers' ``from_pretrained`` loads.

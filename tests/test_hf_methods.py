@@ -274,3 +274,104 @@ def test_generation_config_json_is_read_and_saved_again(tmp_path, tiny):
     (tmp_path / "model" / "generation_config.json").write_text("[1, 2]")
     with pytest.raises(minillama.errors.ConfigError, match="generation_config.json"):
         minillama.load(tmp_path / "model")
+
+
+# ---- 3. resize_token_embeddings -----------------------------------------------------------------
+
+def test_resize_grows_rows_near_the_old_mean(tiny):
+    model = minillama.load(tiny)
+    old_embed, old_head = np.array(model.weights.embed_tokens), np.array(model.weights.lm_head)
+    before = model(IDS).logits
+    returned = model.resize_token_embeddings(512 + 4000)
+    assert returned is model.weights.embed_tokens and returned.shape == (4512, 64) and model.config.vocab_size == 4512
+    np.testing.assert_array_equal(returned[:512], old_embed)
+    np.testing.assert_array_equal(model.weights.lm_head[:512], old_head)
+    np.testing.assert_allclose(model(IDS).logits[..., :512], before, atol=1e-5, rtol=0)  # BLAS blocks by size
+    for new, old in ((returned[512:], old_embed), (model.weights.lm_head[512:], old_head)):
+        mean = old.mean(axis=0)
+        centered = old - mean
+        covariance = centered.T @ centered / len(old)
+        np.testing.assert_allclose(new.mean(axis=0), mean, atol=2e-6)  # the sample mean: the old mean
+        # The spread: 1e-9 times the old covariance (its diagonal, within sampling error of 4000 rows).
+        np.testing.assert_allclose(new.var(axis=0) / (1e-9 * np.diag(covariance)), 1.0, atol=0.15)
+        assert not np.array_equal(new[0], new[1])  # drawn, not copied
+    assert model(np.array([[4511, 1]])).logits.shape == (1, 2, 4512)
+
+
+def test_resize_is_seeded(tiny):
+    first, second, third = (minillama.load(tiny) for _ in range(3))
+    np.testing.assert_array_equal(first.resize_token_embeddings(520), second.resize_token_embeddings(520))
+    assert not np.array_equal(first.weights.embed_tokens, third.resize_token_embeddings(520, seed=1))
+
+
+def test_resize_exact_mean_when_the_covariance_is_singular(tmp_path):
+    write_random_checkpoint(tmp_path, {"vocab_size": 40})  # 40 rows of 64 columns: covariance of rank < 64
+    model = minillama.load(tmp_path)
+    old = np.array(model.weights.embed_tokens)
+    model.resize_token_embeddings(43)
+    np.testing.assert_array_equal(model.weights.embed_tokens[40:], np.tile(old.mean(axis=0, dtype=np.float32), (3, 1)))
+
+
+def test_resize_without_mean_resizing_is_normal_with_initializer_range(tiny):
+    model = minillama.load(tiny)
+    model.resize_token_embeddings(512 + 3000, mean_resizing=False)
+    for new in (model.weights.embed_tokens[512:], model.weights.lm_head[512:]):
+        assert abs(float(new.mean())) < 1e-3 and abs(float(new.std()) - 0.02) < 1e-3
+
+
+def test_resize_pad_to_multiple_shrink_tied_and_no_op(tmp_path, tiny):
+    model = minillama.load(tiny)
+    assert model.resize_token_embeddings(600, pad_to_multiple_of=64).shape == (640, 64)
+    assert model.resize_token_embeddings(pad_to_multiple_of=100).shape == (700, 64) and model.config.vocab_size == 700
+    kept = model.weights.embed_tokens
+    assert model.resize_token_embeddings() is kept and model.resize_token_embeddings(700) is kept
+    before = model(IDS).logits
+    assert model.resize_token_embeddings(100).shape == (100, 64) and model.weights.lm_head.shape == (100, 64)
+    np.testing.assert_allclose(model(IDS).logits, before[..., :100], atol=1e-5, rtol=0)
+    write_random_checkpoint(tmp_path / "tied", {"tie_word_embeddings": True, "pad_token_id": 300})
+    tied = minillama.load(tmp_path / "tied")
+    tied.resize_token_embeddings(530)
+    assert tied.weights.lm_head is tied.weights.embed_tokens and tied.state_dict().keys() == \
+        minillama.load(tmp_path / "tied").state_dict().keys()
+    tied.resize_token_embeddings(200)
+    assert tied.config.pad_token_id is None  # the pad row is gone
+    tied.save_pretrained(tmp_path / "tied-saved")  # the resized model saves and reloads
+    np.testing.assert_array_equal(minillama.load(tmp_path / "tied-saved")(IDS).logits, tied(IDS).logits)
+
+
+def test_resize_bad_arguments(tiny):
+    model = minillama.load(tiny)
+    for kwargs in ({"new_num_tokens": 0}, {"new_num_tokens": 2.5}, {"new_num_tokens": True},
+                   {"new_num_tokens": 10, "pad_to_multiple_of": 0}, {"pad_to_multiple_of": "8"}):
+        with pytest.raises(ValueError, match=next(iter(kwargs)) if len(kwargs) == 1 else "pad_to_multiple_of"):
+            model.resize_token_embeddings(**kwargs)
+    with pytest.raises(ValueError, match="lazy=False"):
+        minillama.load(tiny, lazy=True).resize_token_embeddings(600)
+
+
+@pytest.mark.parametrize("tied", [False, True], ids=["untied", "tied"])
+def test_resize_matches_transformers(tmp_path, tied):
+    pytest.importorskip("torch")
+    pytest.importorskip("transformers")
+    # vocab 48 < hidden 64: the covariance is singular, so both fill new rows with the exact mean.
+    theirs = make_hf_checkpoint(tmp_path, vocab_size=48, tie_word_embeddings=tied)
+    ours = minillama.load(tmp_path)
+    for new_num_tokens, multiple in ((53, None), (None, 32), (70, 16), (40, None)):
+        embedding = theirs.resize_token_embeddings(new_num_tokens, pad_to_multiple_of=multiple)
+        returned = ours.resize_token_embeddings(new_num_tokens, pad_to_multiple_of=multiple)
+        assert returned.shape == tuple(embedding.weight.shape) and ours.config.vocab_size == theirs.config.vocab_size
+        np.testing.assert_allclose(returned, embedding.weight.detach().numpy(), atol=1e-6, rtol=0)
+        np.testing.assert_allclose(ours.weights.lm_head, theirs.lm_head.weight.detach().numpy(), atol=1e-6, rtol=0)
+        ids = np.array([[1, 5, ours.config.vocab_size - 1, 7]])
+        np.testing.assert_allclose(ours(ids).logits, torch_forward(theirs, ids).logits.numpy(), atol=1e-5, rtol=0)
+
+
+def test_resize_mean_resizing_false_matches_transformers_statistics(tmp_path):
+    pytest.importorskip("torch")
+    pytest.importorskip("transformers")
+    theirs = make_hf_checkpoint(tmp_path)
+    ours = minillama.load(tmp_path)
+    added = theirs.resize_token_embeddings(96 + 2000, mean_resizing=False).weight.detach().numpy()[96:]
+    mine = ours.resize_token_embeddings(96 + 2000, mean_resizing=False)[96:]
+    assert mine.shape == added.shape
+    assert abs(float(mine.std()) - float(added.std())) < 1e-3 and abs(float(mine.mean()) - float(added.mean())) < 1e-3
