@@ -18,7 +18,7 @@ from .config import LlamaConfig
 from .fast import assembly_for
 from .formats import detect_format, open_checkpoint
 from .model import KVCache, Weights, last_token_index, llama_forward, load_weights, state_dict_names
-from . import modeling_resize, modeling_save
+from . import modeling_generate, modeling_resize, modeling_save
 from .modeling_generate import GenerationConfig, generation_config_for
 
 COMPUTE_DTYPES = ("float32", "float64", "float16")
@@ -203,6 +203,26 @@ class LlamaForCausalLM(LlamaPreTrainedModel):
         last = x[:, -logits_to_keep:, :] if logits_to_keep else x
         logits = F.linear_sliced(last, lm_head, slices=self.config.pretraining_tp)  # (batch, seq or N, vocab)
         return LlamaOutput(logits=logits, last_hidden_state=x, hidden_states=hidden, attentions=attns)
+
+    def generate(self, input_ids, attention_mask=None, max_new_tokens: int | None = None, max_length: int | None = None,
+                 do_sample: bool | None = None, temperature: float | None = None, top_k: int | None = None,
+                 top_p: float | None = None, min_p: float | None = None, repetition_penalty: float | None = None,
+                 eos_token_id: int | list | None = None, pad_token_id: int | None = None, generation_config=None,
+                 seed: int | None = None, **kwargs):
+        """transformers' ``generate``: the (batch, prompt + new) ids as a NumPy array.
+
+        A setting left None comes from ``generation_config`` (a GenerationConfig or dict), then from
+        ``self.generation_config`` (the checkpoint's generation_config.json), then transformers'
+        defaults: 20 new tokens, greedy (``do_sample=False`` is greedy whatever the temperature),
+        top_k 50 when sampling. Rows stop at EOS; finished rows are padded with pad_token_id (else
+        the first EOS). ``seed`` makes sampling reproducible. See ``minillama.modeling_generate``;
+        ``minillama.generate`` returns timings and per-row tokens too.
+        """
+        return modeling_generate.generate(
+            self, input_ids, attention_mask, generation_config, seed, max_new_tokens=max_new_tokens,
+            max_length=max_length, do_sample=do_sample, temperature=temperature, top_k=top_k, top_p=top_p,
+            min_p=min_p, repetition_penalty=repetition_penalty, eos_token_id=eos_token_id, pad_token_id=pad_token_id,
+            extra=kwargs)
 
 
 class LlamaForSequenceClassification(LlamaPreTrainedModel):

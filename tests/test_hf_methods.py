@@ -375,3 +375,136 @@ def test_resize_mean_resizing_false_matches_transformers_statistics(tmp_path):
     mine = ours.resize_token_embeddings(96 + 2000, mean_resizing=False)[96:]
     assert mine.shape == added.shape
     assert abs(float(mine.std()) - float(added.std())) < 1e-3 and abs(float(mine.mean()) - float(added.mean())) < 1e-3
+
+
+# ---- 4. model.generate --------------------------------------------------------------------------
+
+PROMPTS = np.array([[0, 0, 1, 5, 9, 33], [1, 7, 8, 9, 10, 11], [0, 1, 40, 41, 42, 43]])
+PROMPT_MASK = (PROMPTS != 0).astype(np.int64)
+
+
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory):
+    """A transformers model and minillama's load of the very same random checkpoint (no generation_config.json)."""
+    pytest.importorskip("torch")
+    pytest.importorskip("transformers")
+    folder = tmp_path_factory.mktemp("generate")
+    theirs = make_hf_checkpoint(folder, max_position_embeddings=64)
+    os.remove(folder / "generation_config.json")
+    return theirs, minillama.load(folder), folder
+
+
+def _their_generate(theirs, ids, **kwargs):
+    import warnings
+
+    import torch
+    tensors = {k: torch.as_tensor(v) if isinstance(v, np.ndarray) else v for k, v in kwargs.items()}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # transformers warns about the default max_length
+        return theirs.generate(torch.as_tensor(ids), **tensors).numpy()
+
+
+@pytest.mark.parametrize("kwargs", [
+    {},  # transformers' defaults: greedy, 20 new tokens
+    {"max_new_tokens": 9},
+    {"max_length": 11},
+    {"max_new_tokens": 5, "max_length": 30},  # max_new_tokens wins
+    {"max_new_tokens": 14, "eos_token_id": [53, 10], "pad_token_id": 0},
+    {"max_new_tokens": 14, "eos_token_id": [53, 28]},  # finished rows padded with the first EOS
+    {"max_new_tokens": 12, "repetition_penalty": 1.3},
+    {"max_new_tokens": 6, "do_sample": False, "temperature": 0.3, "top_k": 3},  # greedy whatever they say
+], ids=["defaults", "max_new_tokens", "max_length", "both-lengths", "eos-pad", "eos-pads-eos", "repetition", "greedy"])
+def test_greedy_generate_matches_transformers(pair, kwargs):
+    theirs, ours, _ = pair
+    for ids, mask in ((PROMPTS[1:2], None), (PROMPTS, PROMPT_MASK)):
+        extra = {"attention_mask": mask} if mask is not None else {}
+        expected = _their_generate(theirs, ids, **extra, **kwargs)
+        got = ours.generate(ids, **extra, **kwargs)
+        assert isinstance(got, np.ndarray) and got.shape == expected.shape
+        np.testing.assert_array_equal(got, expected)
+
+
+def test_generate_pads_finished_rows_and_infers_the_mask(pair):
+    theirs, ours, _ = pair
+    # Row 0 stops at 53 after two tokens (see the eos-pad case); later positions hold the pad id.
+    got = ours.generate(PROMPTS, attention_mask=PROMPT_MASK, max_new_tokens=14, eos_token_id=[53], pad_token_id=3)
+    assert got[0, 6:8].tolist() == [83, 53] and set(got[0, 8:].tolist()) == {3}
+    # No mask given: transformers (and minillama) mask the pad ids when the pad is not an EOS.
+    expected = _their_generate(theirs, PROMPTS, max_new_tokens=8, pad_token_id=0)
+    np.testing.assert_array_equal(ours.generate(PROMPTS, max_new_tokens=8, pad_token_id=0), expected)
+    np.testing.assert_array_equal(ours.generate(PROMPTS, attention_mask=PROMPT_MASK, max_new_tokens=8), expected)
+
+
+def test_sampling_is_seeded(pair):
+    _, ours, _ = pair
+    first = ours.generate(PROMPTS, attention_mask=PROMPT_MASK, do_sample=True, max_new_tokens=10, seed=7)
+    np.testing.assert_array_equal(ours.generate(PROMPTS, attention_mask=PROMPT_MASK, do_sample=True,
+                                                max_new_tokens=10, seed=7), first)
+    others = [ours.generate(PROMPTS, attention_mask=PROMPT_MASK, do_sample=True, max_new_tokens=10, seed=s)
+              for s in range(3)]
+    assert any(not np.array_equal(o, first) for o in others)
+    greedy = ours.generate(PROMPTS, attention_mask=PROMPT_MASK, max_new_tokens=10)
+    assert not all(np.array_equal(o, greedy) for o in others)  # sampling, not the argmax
+    # top_k=1 keeps only the argmax: sampling then is greedy, as in transformers.
+    np.testing.assert_array_equal(ours.generate(PROMPTS, attention_mask=PROMPT_MASK, do_sample=True, top_k=1,
+                                                max_new_tokens=10, seed=3), greedy)
+
+
+def test_generation_config_json_defaults_are_honoured(pair, tmp_path):
+    import shutil
+
+    import transformers
+    theirs, _, folder = pair
+    shutil.copytree(folder, tmp_path / "model")
+    settings = {"max_length": 13, "temperature": 0.6, "top_p": 0.9, "eos_token_id": [28, 53], "pad_token_id": 5}
+    (tmp_path / "model" / "generation_config.json").write_text(json.dumps(settings))
+    ours = minillama.load(tmp_path / "model")
+    theirs.generation_config = transformers.GenerationConfig.from_pretrained(tmp_path / "model")
+    try:
+        expected = _their_generate(theirs, PROMPTS, attention_mask=PROMPT_MASK)  # greedy: do_sample unset
+        got = ours.generate(PROMPTS, attention_mask=PROMPT_MASK)
+        assert got.shape == expected.shape and got.shape[1] <= 13  # max_length from the file counts the prompt
+        np.testing.assert_array_equal(got, expected)
+        assert 5 in got[:, 6:]  # a finished row is padded with the file's pad id
+        # Arguments and a generation_config passed in win over the file.
+        np.testing.assert_array_equal(ours.generate(PROMPTS, attention_mask=PROMPT_MASK, max_length=9),
+                                      _their_generate(theirs, PROMPTS, attention_mask=PROMPT_MASK, max_length=9))
+        np.testing.assert_array_equal(ours.generate(PROMPTS, attention_mask=PROMPT_MASK,
+                                                    generation_config={"max_new_tokens": 4, "eos_token_id": []}),
+                                      ours.generate(PROMPTS, attention_mask=PROMPT_MASK, max_new_tokens=4,
+                                                    eos_token_id=[]))
+    finally:
+        theirs.generation_config = transformers.GenerationConfig.from_model_config(theirs.config)
+
+
+def test_generation_config_do_sample_from_the_file(tiny, tmp_path):
+    import shutil
+    shutil.copytree(tiny, tmp_path / "model")
+    ids = np.array([[1, 17, 40, 200]])
+    greedy = minillama.load(tiny).generate(ids, max_new_tokens=12)
+    (tmp_path / "model" / "generation_config.json").write_text(
+        json.dumps({"do_sample": True, "temperature": 1.5, "top_k": 0, "max_new_tokens": 12}))
+    model = minillama.load(tmp_path / "model")
+    samples = [model.generate(ids, seed=s) for s in range(4)]
+    assert all(s.shape == (1, 16) for s in samples) and any(not np.array_equal(s, greedy) for s in samples)
+    np.testing.assert_array_equal(model.generate(ids, seed=2), samples[2])
+    np.testing.assert_array_equal(model.generate(ids, do_sample=False), greedy)  # the argument wins
+
+
+def test_generate_bad_arguments(tiny):
+    model = minillama.load(tiny)
+    ids = np.array([[1, 2, 3, 4]])
+    with pytest.raises(ValueError, match="max_length"):
+        model.generate(ids, max_length=4)
+    with pytest.raises(ValueError, match="num_beams"):
+        model.generate(ids, num_beams=4)
+    with pytest.raises(ValueError, match="'typo'"):
+        model.generate(ids, typo=1)
+    with pytest.raises(ValueError, match="temperature"):
+        model.generate(ids, do_sample=True, temperature=0.0)
+    with pytest.raises(ValueError, match="top_p"):
+        model.generate(ids, do_sample=True, top_p=0.0)
+    with pytest.raises(ValueError, match="input_ids"):
+        model.generate(np.zeros((1, 0), dtype=np.int64))
+    assert model.generate(ids, num_beams=1, use_cache=True, max_new_tokens=2).shape == (1, 6)
+    assert model.generate([1, 2, 3], max_new_tokens=2).shape == (1, 5)  # a list, one row
