@@ -43,7 +43,7 @@ def new_vocab_size(old: int, new_num_tokens, pad_to_multiple_of) -> int:
 def mean_rows(old: np.ndarray, count: int, rng: np.random.Generator) -> np.ndarray:
     """``count`` rows drawn from N(mean, 1e-9 * covariance) of the rows of ``old``, or the mean itself
     when that covariance is not positive definite. old: (rows, hidden) -> (count, hidden) float32."""
-    table = old.astype(np.float32)
+    table = np.ascontiguousarray(old, dtype=np.float32)  # one memory layout: the same sums on every backend
     mean = table.mean(axis=0)  # (hidden,)
     centered = table - mean
     covariance = centered.T @ centered / table.shape[0]  # (hidden, hidden)

@@ -221,14 +221,13 @@ def test_save_pretrained_failure_leaves_nothing_half_written(tmp_path, tiny, mon
     model = minillama.load(tiny)
     model.save_pretrained(tmp_path / "old")
     before = {n: open(tmp_path / "old" / n, "rb").read() for n in os.listdir(tmp_path / "old")}
-    calls = []
+    calls, real_write = [], modeling_save.write_safetensors
 
-    def failing(path, names, tensors, progress=None):
+    def failing(path, names, tensors, progress=None):  # the second shard fails, as a full disk would
         calls.append(path)
         if len(calls) == 2:
             raise OSError("disk full")
-        return modeling_save.__dict__["_real_write"](path, names, tensors, progress)
-    monkeypatch.setitem(modeling_save.__dict__, "_real_write", modeling_save.write_safetensors)
+        return real_write(path, names, tensors, progress)
     monkeypatch.setattr(modeling_save, "write_safetensors", failing)
     for target in ("old", "new"):
         calls.clear()
@@ -508,3 +507,40 @@ def test_generate_bad_arguments(tiny):
         model.generate(np.zeros((1, 0), dtype=np.int64))
     assert model.generate(ids, num_beams=1, use_cache=True, max_new_tokens=2).shape == (1, 6)
     assert model.generate([1, 2, 3], max_new_tokens=2).shape == (1, 5)  # a list, one row
+
+
+def _argmax_loop(model, ids, mask, steps):
+    """Greedy decoding by full forward passes, no cache: the reference generate must match without torch."""
+    ids, mask = np.array(ids), np.array(mask)
+    for _ in range(steps):
+        logits = minillama.to_numpy(model(ids, attention_mask=mask).logits)[:, -1, :]
+        ids = np.concatenate([ids, logits.argmax(axis=-1)[:, None]], axis=1)
+        mask = np.concatenate([mask, np.ones((len(ids), 1), dtype=np.int64)], axis=1)
+    return ids
+
+
+def test_greedy_generate_is_the_argmax_of_each_step(tiny):
+    model = minillama.load(tiny)
+    prompts = np.array([[0, 0, 1, 17, 40, 200], [1, 5, 9, 300, 301, 302]])
+    mask = (prompts != 0).astype(np.int64)
+    expected = _argmax_loop(model, prompts, mask, 20)
+    np.testing.assert_array_equal(model.generate(prompts, attention_mask=mask), expected)  # 20 new by default
+    np.testing.assert_array_equal(model.generate(prompts, attention_mask=mask, max_length=10), expected[:, :10])
+    # Stopping: each row ends at its first EOS, later positions hold the pad id.
+    eos = int(expected[0, 8])
+    end = 6 + expected[0, 6:].tolist().index(eos)  # where row 0 first makes it
+    got = model.generate(prompts, attention_mask=mask, max_new_tokens=20, eos_token_id=eos, pad_token_id=7)
+    np.testing.assert_array_equal(got[0, :end + 1], expected[0, :end + 1])
+    assert set(got[0, end + 1:].tolist()) <= {7}
+
+
+def test_hf_methods_on_the_strict_backend(tiny, tmp_path):
+    reference, strict = minillama.load(tiny), minillama.load(tiny, backend="strict")
+    ids = np.array([[1, 17, 40, 200]])
+    np.testing.assert_array_equal(strict.generate(ids, max_new_tokens=6), reference.generate(ids, max_new_tokens=6))
+    resized = strict.resize_token_embeddings(520)
+    np.testing.assert_array_equal(minillama.to_numpy(resized), reference.resize_token_embeddings(520))
+    strict.save_pretrained(tmp_path / "strict")
+    reference.save_pretrained(tmp_path / "numpy")
+    assert open(tmp_path / "strict" / "model.safetensors", "rb").read() == \
+        open(tmp_path / "numpy" / "model.safetensors", "rb").read()
