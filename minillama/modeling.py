@@ -2,7 +2,10 @@
 ``LlamaForSequenceClassification``, and ``load``.
 
 Each holds a config, its weights and an assembly (``minillama.fast``: which functions compute
-each block, chosen once at load), and runs :func:`minillama.model.llama_forward`.
+each block, chosen once at load), and runs :func:`minillama.model.llama_forward`. The methods
+transformers users reach for are thin here, with their bodies in modules of their own:
+``save_pretrained`` (``modeling_save``), ``resize_token_embeddings`` (``modeling_resize``) and
+``generate`` with ``generation_config`` (``modeling_generate``).
 """
 
 from __future__ import annotations

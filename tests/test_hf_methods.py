@@ -365,6 +365,21 @@ def test_resize_matches_transformers(tmp_path, tied):
         np.testing.assert_allclose(ours(ids).logits, torch_forward(theirs, ids).logits.numpy(), atol=1e-5, rtol=0)
 
 
+def test_resize_positive_definite_case_matches_transformers_statistics(tmp_path):
+    pytest.importorskip("torch")
+    pytest.importorskip("transformers")
+    theirs = make_hf_checkpoint(tmp_path)  # vocab 96 > hidden 64: a positive definite covariance
+    ours = minillama.load(tmp_path)
+    mean = np.array(ours.weights.embed_tokens).mean(axis=0)
+    added = theirs.resize_token_embeddings(96 + 500).weight.detach().numpy()[96:]
+    mine = ours.resize_token_embeddings(96 + 500)[96:]
+    spread = lambda rows: np.abs(rows - mean).max()  # noqa: E731
+    assert 0 < spread(mine) < 1e-3 and 0 < spread(added) < 1e-3  # both drawn, both next to the mean
+    assert 0.5 < spread(mine) / spread(added) < 2
+    head = theirs.lm_head.weight.detach().numpy()[96:]
+    np.testing.assert_allclose(ours.weights.lm_head[96:].mean(axis=0), head.mean(axis=0), atol=1e-4)
+
+
 def test_resize_mean_resizing_false_matches_transformers_statistics(tmp_path):
     pytest.importorskip("torch")
     pytest.importorskip("transformers")
