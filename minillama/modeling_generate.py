@@ -5,8 +5,10 @@ A checkpoint's ``generation_config.json`` holds its generation defaults (Llama 2
 model config (BOS, EOS, pad), as transformers does. ``generate`` merges, as transformers:
 the arguments given win over the file, the file wins over transformers' global defaults
 (``max_length`` 20, ``do_sample`` False, ``temperature`` 1.0, ``top_k`` 50, ``top_p`` 1.0),
-and ``do_sample`` False is greedy whatever temperature, top-k or top-p say. The token loop
-itself is :func:`minillama.generation.generate`.
+and ``do_sample`` False is greedy whatever temperature, top-k or top-p say. A max_length
+that nobody set counts new tokens (20 after the prompt, within the context), as in
+transformers 5; one that is set counts the prompt too. The token loop itself is
+:func:`minillama.generation.generate`.
 """
 
 from __future__ import annotations
