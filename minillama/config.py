@@ -175,6 +175,47 @@ class LlamaConfig:
             self.rope_scaling = {k: float(v) if _is_number(v) and not isinstance(v, int) else v
                                  for k, v in self.rope_scaling.items()}
 
+    # ---- writing --------------------------------------------------------------------------
+
+    def save_pretrained(self, save_directory: str | os.PathLike) -> str:
+        """Write ``config.json`` into ``save_directory`` (made if missing); return its path.
+
+        The file holds :meth:`to_dict` laid out as transformers 5 writes it (``rope_parameters``,
+        ``dtype``, ``id2label`` for a classifier's labels) and also the keys transformers 4 reads
+        (``rope_theta``, ``rope_scaling``, ``torch_dtype``), which transformers 5 reads consistently.
+        The file is written under a temporary name and renamed, so it is never half-written.
+        """
+        import json
+        import tempfile
+        folder = os.fspath(save_directory)
+        if os.path.exists(folder) and not os.path.isdir(folder):
+            raise NotADirectoryError(f"{folder}: is a file; save_pretrained needs a folder")
+        os.makedirs(folder, exist_ok=True)
+        d = self.to_dict()
+        d["rope_parameters"] = {"rope_theta": self.rope_theta, **(self.rope_scaling or {"rope_type": "default"})}
+        if self.torch_dtype is not None:
+            d["dtype"] = self.torch_dtype
+        else:
+            d.pop("torch_dtype")
+        if self.architectures is None:
+            d.pop("architectures")
+        labels = d.pop("num_labels")
+        if labels != 2:  # transformers keeps the label count as id2label / label2id
+            d["id2label"] = {str(i): f"LABEL_{i}" for i in range(labels)}
+            d["label2id"] = {f"LABEL_{i}": i for i in range(labels)}
+        path = os.path.join(folder, "config.json")
+        fd, partial = tempfile.mkstemp(prefix="config.json.partial-", dir=folder)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                json.dump(dict(sorted(d.items())), f, indent=2)
+                f.write("\n")
+            os.chmod(partial, 0o644)  # mkstemp made it private
+            os.replace(partial, path)
+        except BaseException:
+            os.unlink(partial)
+            raise
+        return path
+
 
 def _normalise_rope_scaling(scaling, source: str) -> dict | None:
     """Return None for plain RoPE, else a dict with "rope_type" and the keys that type needs."""

@@ -2,7 +2,10 @@
 ``LlamaForSequenceClassification``, and ``load``.
 
 Each holds a config, its weights and an assembly (``minillama.fast``: which functions compute
-each block, chosen once at load), and runs :func:`minillama.model.llama_forward`.
+each block, chosen once at load), and runs :func:`minillama.model.llama_forward`. The methods
+transformers users reach for are thin here, with their bodies in modules of their own:
+``save_pretrained`` (``modeling_save``), ``resize_token_embeddings`` (``modeling_resize``) and
+``generate`` with ``generation_config`` (``modeling_generate``).
 """
 
 from __future__ import annotations
@@ -18,6 +21,8 @@ from .config import LlamaConfig
 from .fast import assembly_for
 from .formats import detect_format, open_checkpoint
 from .model import KVCache, Weights, last_token_index, llama_forward, load_weights, state_dict_names
+from . import modeling_generate, modeling_resize, modeling_save
+from .modeling_generate import GenerationConfig, generation_config_for
 
 COMPUTE_DTYPES = ("float32", "float64", "float16")
 
@@ -49,6 +54,8 @@ class LlamaPreTrainedModel:
         self.dtype = dtype
         self.xp = get_namespace(backend)
         self.assembly = assembly if assembly is not None else assembly_for("reference", backend, config, False)
+        # A causal LM's generation defaults (generation_config.json when the checkpoint has one).
+        self.generation_config = GenerationConfig.from_model_config(config) if self._head == "lm_head" else None
 
     @classmethod
     def from_pretrained(cls, path, backend: str = "numpy", dtype: str = "float32", progress=None,
@@ -78,7 +85,10 @@ class LlamaPreTrainedModel:
         weights = load_weights(tensors, config, xp, dtype, head=cls._head, source=path, progress=progress, lazy=lazy)
         if chosen.arrange is not None and not lazy:
             weights = chosen.arrange(weights, config)
-        return cls(config, weights, backend=backend, dtype=dtype, assembly=chosen)
+        model = cls(config, weights, backend=backend, dtype=dtype, assembly=chosen)
+        if model.generation_config is not None:
+            model.generation_config = generation_config_for(path, config)
+        return model
 
     def _prepare(self, input_ids, attention_mask, position_ids, past: int = 0):
         """Check the inputs and put them on the backend as integer arrays (``past``: positions already cached)."""
@@ -137,31 +147,28 @@ class LlamaPreTrainedModel:
         """An empty KV cache for ``batch`` sequences of up to ``max_len`` positions, on this model's backend."""
         return KVCache(self.config, batch, max_len, self.xp, get_dtype(self.xp, self.dtype))
 
-    def resize_token_embeddings(self, new_num_tokens: int) -> None:
-        """Give the vocabulary ``new_num_tokens`` rows, e.g. after ``tokenizer.add_special_tokens``.
+    def resize_token_embeddings(self, new_num_tokens: int | None = None, pad_to_multiple_of: int | None = None,
+                                mean_resizing: bool = True, seed: int = 0):
+        """Give the vocabulary ``new_num_tokens`` rows (rounded up to ``pad_to_multiple_of``), e.g. after
+        ``tokenizer.add_special_tokens``; returns the (new) embedding table, (vocab, hidden).
 
-        New rows of the embedding (and of an untied LM head) are zero, so a new pad
-        token embeds to zero. Shrinking drops the last rows.
+        As transformers 5: new rows of the embedding and of an untied LM head are drawn close to
+        the old rows' mean (``mean_resizing``, the default) or normal with std 0.02
+        (``mean_resizing=False``); shrinking drops the last rows; ``config.vocab_size`` follows.
+        The draws are seeded (``seed``, 0 by default), so a resize is reproducible
+        (see ``minillama.modeling_resize``). With neither size given nothing changes.
         """
-        if not isinstance(new_num_tokens, int) or new_num_tokens < 1:
-            raise ValueError(f"new_num_tokens must be a positive integer, got {new_num_tokens!r}")
-        if self.weights.lazy_dtype is not None:
-            raise ValueError("resize_token_embeddings needs the weights in memory: load with lazy=False")
-        xp, w, old = self.xp, self.weights, self.config.vocab_size
+        return modeling_resize.resize_token_embeddings(self, new_num_tokens, pad_to_multiple_of, mean_resizing, seed)
 
-        def resized(table):  # (old, hidden) -> (new_num_tokens, hidden)
-            if new_num_tokens <= old:
-                return table[:new_num_tokens, :]
-            zeros = xp.zeros((new_num_tokens - old, table.shape[1]), dtype=table.dtype)
-            return xp.concat([table, zeros], axis=0)
+    def save_pretrained(self, save_directory, max_shard_size: int | str = "5GB", safe_serialization: bool = True) -> list:
+        """Write this model as a Hugging Face folder that transformers' ``from_pretrained`` loads.
 
-        tied = w.lm_head is w.embed_tokens
-        w.embed_tokens = resized(w.embed_tokens)
-        if tied:
-            w.lm_head = w.embed_tokens
-        elif w.lm_head is not None:
-            w.lm_head = resized(w.lm_head)
-        self.config.vocab_size = new_num_tokens
+        config.json, safetensors weights in the model's dtype (sharded with an index above
+        ``max_shard_size``: bytes, or "5GB", "500MB", "2GiB"), and generation_config.json for a
+        causal LM. A tied LM head is stored once; a lazy model is streamed tensor by tensor; the
+        files appear only when all are written (see ``minillama.modeling_save``). Returns the file names.
+        """
+        return modeling_save.save_pretrained(self, save_directory, max_shard_size, safe_serialization)
 
     def state_dict(self) -> dict:
         """Hugging Face name -> the live parameter array (a tied LM head appears once, as the embedding)."""
@@ -199,6 +206,26 @@ class LlamaForCausalLM(LlamaPreTrainedModel):
         last = x[:, -logits_to_keep:, :] if logits_to_keep else x
         logits = F.linear_sliced(last, lm_head, slices=self.config.pretraining_tp)  # (batch, seq or N, vocab)
         return LlamaOutput(logits=logits, last_hidden_state=x, hidden_states=hidden, attentions=attns)
+
+    def generate(self, input_ids, attention_mask=None, max_new_tokens: int | None = None, max_length: int | None = None,
+                 do_sample: bool | None = None, temperature: float | None = None, top_k: int | None = None,
+                 top_p: float | None = None, min_p: float | None = None, repetition_penalty: float | None = None,
+                 eos_token_id: int | list | None = None, pad_token_id: int | None = None, generation_config=None,
+                 seed: int | None = None, **kwargs):
+        """transformers' ``generate``: the (batch, prompt + new) ids as a NumPy array.
+
+        A setting left None comes from ``generation_config`` (a GenerationConfig or dict), then from
+        ``self.generation_config`` (the checkpoint's generation_config.json), then transformers'
+        defaults: 20 new tokens, greedy (``do_sample=False`` is greedy whatever the temperature),
+        top_k 50 when sampling. Rows stop at EOS; finished rows are padded with pad_token_id (else
+        the first EOS). ``seed`` makes sampling reproducible. See ``minillama.modeling_generate``;
+        ``minillama.generate`` returns timings and per-row tokens too.
+        """
+        return modeling_generate.generate(
+            self, input_ids, attention_mask, generation_config, seed, max_new_tokens=max_new_tokens,
+            max_length=max_length, do_sample=do_sample, temperature=temperature, top_k=top_k, top_p=top_p,
+            min_p=min_p, repetition_penalty=repetition_penalty, eos_token_id=eos_token_id, pad_token_id=pad_token_id,
+            extra=kwargs)
 
 
 class LlamaForSequenceClassification(LlamaPreTrainedModel):
