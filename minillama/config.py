@@ -50,6 +50,7 @@ class LlamaConfig:
     bos_token_id: int | None = 1
     eos_token_id: int | list | None = 2
     num_labels: int = 2  # for LlamaForSequenceClassification
+    initializer_range: float = 0.02  # std of the normal init of new weights (resize_token_embeddings, training)
     architectures: list | None = None
     torch_dtype: str | None = None  # the dtype the checkpoint was saved in, for information only
     source: str = field(default="<dict>", repr=False, compare=False)  # where the config was read from, for errors
@@ -148,7 +149,7 @@ class LlamaConfig:
                        f"num_key_value_heads ({self.num_key_value_heads})")
         if self.hidden_act != "silu":
             self._fail(f"hidden_act must be 'silu' for Llama, got {_short(self.hidden_act)}")
-        for name in ("rms_norm_eps", "rope_theta"):
+        for name in ("rms_norm_eps", "rope_theta", "initializer_range"):
             if not _is_positive_number(getattr(self, name)):
                 self._fail(f"{name} must be a finite positive number, got {_short(getattr(self, name))}")
         for name in ("attention_bias", "mlp_bias", "tie_word_embeddings"):
@@ -171,6 +172,7 @@ class LlamaConfig:
         # Plain Python numbers from here on: a NumPy float64 (a subclass of float) would turn
         # float32 arithmetic into float64 wherever it meets an array (NumPy 2 promotion).
         self.rms_norm_eps, self.rope_theta = float(self.rms_norm_eps), float(self.rope_theta)
+        self.initializer_range = float(self.initializer_range)
         if self.rope_scaling is not None:
             self.rope_scaling = {k: float(v) if _is_number(v) and not isinstance(v, int) else v
                                  for k, v in self.rope_scaling.items()}

@@ -153,7 +153,7 @@ class LlamaPreTrainedModel:
         ``tokenizer.add_special_tokens``; returns the (new) embedding table, (vocab, hidden).
 
         As transformers 5: new rows of the embedding and of an untied LM head are drawn close to
-        the old rows' mean (``mean_resizing``, the default) or normal with std 0.02
+        the old rows' mean (``mean_resizing``, the default) or normal with std ``config.initializer_range``
         (``mean_resizing=False``); shrinking drops the last rows; ``config.vocab_size`` follows.
         The draws are seeded (``seed``, 0 by default), so a resize is reproducible
         (see ``minillama.modeling_resize``). With neither size given nothing changes.

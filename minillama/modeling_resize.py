@@ -9,8 +9,8 @@ transformers makes them:
   and the next-token distribution barely changes (https://nlp.stanford.edu/~johnhew/vocab-expansion.html).
   When that covariance is not positive definite (fewer rows than columns, say) every new row
   is exactly the mean.
-* ``mean_resizing=False``: normal with mean 0 and std ``config.initializer_range`` (0.02 when the
-  config has none), transformers' default initialisation.
+* ``mean_resizing=False``: normal with mean 0 and std ``config.initializer_range`` (from config.json,
+  0.02 by default), transformers' default initialisation.
 
 The draws come from ``numpy.random.default_rng(seed)`` (seed 0 unless given), the embedding's
 first and then the LM head's, so a resize is the same on every run and every backend.
@@ -82,7 +82,7 @@ def resize_token_embeddings(model, new_num_tokens=None, pad_to_multiple_of=None,
         config.vocab_size = size
         return w.embed_tokens
     rng = np.random.default_rng(seed)
-    std = getattr(config, "initializer_range", 0.02)
+    std = config.initializer_range
     tied = w.lm_head is w.embed_tokens
     w.embed_tokens = resized_table(w.embed_tokens, size, mean_resizing, std, rng)
     if tied:

@@ -316,6 +316,8 @@ def test_resize_without_mean_resizing_is_normal_with_initializer_range(tiny):
     model.resize_token_embeddings(512 + 3000, mean_resizing=False)
     for new in (model.weights.embed_tokens[512:], model.weights.lm_head[512:]):
         assert abs(float(new.mean())) < 1e-3 and abs(float(new.std()) - 0.02) < 1e-3
+    model.config.initializer_range = 0.5  # read from config.json's initializer_range, as transformers does
+    assert abs(float(model.resize_token_embeddings(4000 + 3000, mean_resizing=False)[4000:].std()) - 0.5) < 0.02
 
 
 def test_resize_pad_to_multiple_shrink_tied_and_no_op(tmp_path, tiny):
