@@ -17,11 +17,12 @@ from .attention import attention, attention_mask
 from .basics import embedding, linear, linear_sliced, silu, softmax
 from .mlp import swiglu_mlp
 from .norm import rms_norm
-from .rope import (apply_rotary, apply_rotary_interleaved, inverse_frequencies, positions_from_mask, rope_cos_sin,
-                   rotate_half)
+from .rope import (apply_rotary, apply_rotary_backward, apply_rotary_interleaved, apply_rotary_interleaved_backward,
+                   inverse_frequencies, positions_from_mask, rope_cos_sin, rotate_half)
 
 __all__ = [
     "embedding", "linear", "linear_sliced", "silu", "softmax", "rms_norm", "swiglu_mlp", "attention_mask",
     "attention", "inverse_frequencies", "rope_cos_sin", "rotate_half", "apply_rotary", "apply_rotary_interleaved",
     "positions_from_mask",
+    "apply_rotary_backward", "apply_rotary_interleaved_backward",
 ]
