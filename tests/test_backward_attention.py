@@ -75,19 +75,31 @@ def test_rotary_backward_is_the_inverse_rotation(backend, forward, backward):
     np.testing.assert_allclose(to_numpy(back), x, rtol=1e-5, atol=1e-5)
 
 
-def test_rotary_backward_matches_torch(backend):
+def torch_rotary(torch, x, cos, sin, layout):
+    """The rotation stated in torch: rotate-half on the two halves, or complex multiplication of (x[2i], x[2i+1])."""
+    cos, sin = cos[:, None], sin[:, None]  # (batch, 1, seq, head_dim)
+    half = x.shape[-1] // 2
+    if layout == "rotate_half":
+        return x * cos + torch.cat([-x[..., half:], x[..., :half]], dim=-1) * sin
+    pairs = torch.view_as_complex(x.reshape(*x.shape[:-1], half, 2).contiguous())
+    turned = pairs * torch.complex(cos[..., :half], sin[..., :half])
+    return torch.view_as_real(turned).reshape(x.shape)
+
+
+@pytest.mark.parametrize("layout,backward", [("rotate_half", F.apply_rotary_backward),
+                                             ("interleaved", F.apply_rotary_interleaved_backward)],
+                         ids=["rotate_half", "interleaved"])
+def test_rotary_backward_matches_torch(backend, layout, backward):
     torch = pytest.importorskip("torch")
     x = rng.standard_normal((2, 4, 3, 8))
     grad_out = rng.standard_normal(x.shape)
     cos, sin = rope_tables(2, 3, 8, offset=2)
     for dtype, tolerance in [(np.float64, 1e-12), (np.float32, 1e-5)]:
         x_t = torch.tensor(x.astype(dtype), requires_grad=True)
-        cos_t, sin_t = torch.tensor(cos.astype(dtype))[:, None], torch.tensor(sin.astype(dtype))[:, None]
-        half = x_t.shape[-1] // 2
-        rotated = torch.cat([-x_t[..., half:], x_t[..., :half]], dim=-1)
-        (x_t * cos_t + rotated * sin_t).backward(torch.tensor(grad_out.astype(dtype)))
+        cos_t, sin_t = torch.tensor(cos.astype(dtype)), torch.tensor(sin.astype(dtype))
+        torch_rotary(torch, x_t, cos_t, sin_t, layout).backward(torch.tensor(grad_out.astype(dtype)))
         xp, (grad_b, cos_b, sin_b) = on(backend, grad_out.astype(dtype), cos.astype(dtype), sin.astype(dtype))
-        grad_x = F.apply_rotary_backward(grad_b, cos_b, sin_b)
+        grad_x = backward(grad_b, cos_b, sin_b)
         assert grad_x.dtype == xp.asarray(np.zeros(1, dtype)).dtype
         assert relative_error(to_numpy(grad_x), x_t.grad.numpy()) < tolerance
 
