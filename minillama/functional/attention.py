@@ -59,7 +59,8 @@ def attention_backward(grad_out, q, k, v, mask, probs=None):
 
     With P = softmax(S), S = (q / sqrt(head_dim)) k^T and out = P v, the chain rule gives
     dV = P^T dOut, dP = dOut v^T, dS = P * (dP - rowsum(dP * P)) (the softmax backward, in
-    float32, or float64 for float64 inputs, like the forward), dq = dS k / sqrt(head_dim) and dK = dS^T q / sqrt(head_dim).
+    float32, or float64 for float64 inputs, like the forward), dq = dS k / sqrt(head_dim)
+    and dK = dS^T q / sqrt(head_dim).
     A key/value head serves a group of query heads, so its gradient is the sum over that group;
     the forward's reshape into groups makes the matrix products do that sum.
     Masked scores were replaced by a constant, so they get zero gradient; a fully masked row
