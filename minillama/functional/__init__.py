@@ -4,8 +4,8 @@ One file per idea, each matching a notebook:
 
 * ``basics``: ``embedding``, ``linear`` (and ``linear_sliced`` for ``pretraining_tp``), ``silu``, ``softmax``
 * ``norm``: ``rms_norm``
-* ``rope``: rotary position embedding (``inverse_frequencies``, ``rope_cos_sin``, ``apply_rotary``, ...)
-* ``attention``: ``attention_mask`` (causal + padding) and grouped-query ``attention``
+* ``rope``: rotary position embedding (``inverse_frequencies``, ``rope_cos_sin``, ``apply_rotary``, ...), backward too
+* ``attention``: ``attention_mask`` (causal + padding), grouped-query ``attention`` and ``attention_backward``
 * ``mlp``: ``swiglu_mlp``
 
 Every function is written against the array namespace of its inputs (``xp``), so it runs on
@@ -13,15 +13,16 @@ NumPy, CuPy and the strict Array API stand-in alike. ``from minillama import fun
 gives them all. Nothing here knows about speed arrangements (``minillama.fast``).
 """
 
-from .attention import attention, attention_mask
+from .attention import attention, attention_backward, attention_mask
 from .basics import embedding, linear, linear_sliced, silu, softmax
 from .mlp import swiglu_mlp
 from .norm import rms_norm
-from .rope import (apply_rotary, apply_rotary_interleaved, inverse_frequencies, positions_from_mask, rope_cos_sin,
-                   rotate_half)
+from .rope import (apply_rotary, apply_rotary_backward, apply_rotary_interleaved, apply_rotary_interleaved_backward,
+                   inverse_frequencies, positions_from_mask, rope_cos_sin, rotate_half)
 
 __all__ = [
     "embedding", "linear", "linear_sliced", "silu", "softmax", "rms_norm", "swiglu_mlp", "attention_mask",
     "attention", "inverse_frequencies", "rope_cos_sin", "rotate_half", "apply_rotary", "apply_rotary_interleaved",
     "positions_from_mask",
+    "apply_rotary_backward", "apply_rotary_interleaved_backward", "attention_backward",
 ]

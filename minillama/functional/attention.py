@@ -52,3 +52,58 @@ def attention(q, k, v, mask):
 
     out = xp.reshape(probs, (batch, kv_heads, group * q_len, k_len)) @ v  # (batch, kv_heads, group * q_len, head_dim)
     return xp.reshape(out, (batch, heads, q_len, head_dim)), probs
+
+
+def attention_backward(grad_out, q, k, v, mask, probs=None):
+    """Gradients of :func:`attention`'s output with respect to q, k and v.
+
+    With P = softmax(S), S = (q / sqrt(head_dim)) k^T and out = P v, the chain rule gives
+    dV = P^T dOut, dP = dOut v^T, dS = P * (dP - rowsum(dP * P)) (the softmax backward, in
+    float32, or float64 for float64 inputs, like the forward), dq = dS k / sqrt(head_dim)
+    and dK = dS^T q / sqrt(head_dim).
+    A key/value head serves a group of query heads, so its gradient is the sum over that group;
+    the forward's reshape into groups makes the matrix products do that sum.
+    Masked scores were replaced by a constant, so they get zero gradient; a fully masked row
+    (a padding query) was uniform whatever q and k were, and passes gradient to v only.
+
+    grad_out: (batch, heads, q_len, head_dim); q, k, v, mask as for :func:`attention`.
+    probs: the forward's second output (batch, heads, q_len, k_len), in q's dtype; recomputed when not given.
+    Returns (grad_q, grad_k, grad_v) shaped and typed like q, k and v.
+    """
+    xp = namespace_of(q)
+    batch, heads, q_len, head_dim = q.shape
+    kv_heads, k_len = k.shape[1], k.shape[2]
+    group = heads // kv_heads
+    scale = head_dim ** -0.5
+    wide = xp.float64 if q.dtype == xp.float64 else xp.float32
+    if probs is None:
+        probs = attention(q, k, v, mask)[1]
+    grouped_probs = xp.reshape(xp.astype(probs, q.dtype, copy=False), (batch, kv_heads, group * q_len, k_len))
+    grouped_grad_out = xp.reshape(grad_out, (batch, kv_heads, group * q_len, head_dim))
+
+    # out = P v: each key/value head's rows gather the whole group's queries, so one product sums them.
+    grad_v = xp.matrix_transpose(grouped_probs) @ grouped_grad_out  # (batch, kv_heads, k_len, head_dim)
+    grad_probs = grouped_grad_out @ xp.matrix_transpose(v)  # (batch, kv_heads, group * q_len, k_len)
+    grad_probs = xp.reshape(grad_probs, (batch, heads, q_len, k_len))
+
+    grad_scores = _softmax_backward(xp.astype(probs, wide, copy=False), xp.astype(grad_probs, wide, copy=False))
+    if mask is not None:
+        grad_scores = xp.where(mask, grad_scores, 0.0)  # a masked score was a constant
+    grad_scores = xp.astype(grad_scores, q.dtype, copy=False)  # (batch, heads, q_len, k_len)
+    grad_scores = xp.reshape(grad_scores, (batch, kv_heads, group * q_len, k_len))
+
+    # scores = (q * scale) k^T
+    scaled_q = xp.reshape(q * scale, (batch, kv_heads, group * q_len, head_dim))
+    grad_q = (grad_scores @ k) * scale  # (batch, kv_heads, group * q_len, head_dim)
+    grad_k = xp.matrix_transpose(grad_scores) @ scaled_q  # (batch, kv_heads, k_len, head_dim)
+    return xp.reshape(grad_q, q.shape), grad_k, grad_v
+
+
+def _softmax_backward(probs, grad_probs):
+    """Gradient through P = softmax(S) along the last axis: dS = P * (dP - sum(dP * P)).
+
+    The sum is each row's weighted mean of dP; a change that adds the same to every score
+    of a row leaves P unchanged, and indeed each row of dS sums to zero.
+    """
+    xp = namespace_of(probs)
+    return probs * (grad_probs - xp.sum(grad_probs * probs, axis=-1, keepdims=True))

@@ -117,3 +117,28 @@ def apply_rotary_interleaved(x, cos, sin):
     real, imag = pairs[..., 0], pairs[..., 1]
     rotated = xp.stack([real * cos - imag * sin, real * sin + imag * cos], axis=-1)
     return xp.reshape(rotated, x.shape)
+
+
+def apply_rotary_backward(grad_out, cos, sin):
+    """Gradient of :func:`apply_rotary` with respect to ``x``.
+
+    The forward is y = x * cos + rotate_half(x) * sin, a rotation of each pair; its
+    transpose is the rotation by the opposite angle: dx = dy * cos - rotate_half(dy * sin).
+    (rotate_half is a quarter turn, and its transpose is the quarter turn back, -rotate_half.)
+    grad_out: (batch, heads, seq, head_dim); cos, sin: (batch, seq, head_dim).
+    """
+    cos, sin = cos[:, None, :, :], sin[:, None, :, :]  # broadcast over heads
+    return grad_out * cos - rotate_half(grad_out * sin)
+
+
+def apply_rotary_interleaved_backward(grad_out, cos, sin):
+    """Gradient of :func:`apply_rotary_interleaved` with respect to ``x``: each pair
+    (real, imag) is rotated back by its angle, (real * cos + imag * sin, imag * cos - real * sin).
+    """
+    xp = namespace_of(grad_out)
+    batch, heads, seq, dim = grad_out.shape
+    cos, sin = cos[:, None, :, : dim // 2], sin[:, None, :, : dim // 2]  # (batch, 1, seq, head_dim // 2)
+    pairs = xp.reshape(grad_out, (batch, heads, seq, dim // 2, 2))
+    real, imag = pairs[..., 0], pairs[..., 1]
+    rotated = xp.stack([real * cos + imag * sin, imag * cos - real * sin], axis=-1)
+    return xp.reshape(rotated, grad_out.shape)
