@@ -254,3 +254,117 @@ def test_resuming_is_bit_identical(backend, tmp_path, route):
     for name in SHAPES:
         np.testing.assert_array_equal(again[name], straight[name])
         assert resumed_params[name].dtype == xp.float32 and resumed.exp_avg[name].dtype == xp.float32
+
+
+def saved(tmp_path, **changes) -> str:
+    """A saved optimizer (3 steps), its archive then rewritten with ``changes`` (meta fields, or arrays; None drops one)."""
+    import json
+    params = host_params("float32")
+    optimizer = AdamW(params)
+    continue_run(np, params, optimizer, host_grads(3, "float32"))
+    path = str(tmp_path / "optimizer.npz")
+    save_optimizer(path, optimizer)
+    with np.load(path) as archive:
+        arrays = dict(archive)
+    meta = json.loads(arrays["meta"].tobytes())
+    meta.update({key: value for key, value in changes.items() if key in meta})
+    arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
+    for key, value in changes.items():
+        if key not in meta:
+            arrays[key] = value
+    arrays = {key: value for key, value in arrays.items() if value is not None}
+    np.savez(path, **arrays)
+    return path
+
+
+def refused(path, params=None, words=""):
+    with pytest.raises(CheckpointError) as caught:
+        load_optimizer(path, host_params("float32") if params is None else params)
+    message = str(caught.value)
+    assert path in message and words in message and "\n" not in message, message
+
+
+def test_a_saved_optimizer_file_round_trips(tmp_path):
+    optimizer = load_optimizer(saved(tmp_path), host_params("float32"))
+    assert optimizer.step_count == 3 and optimizer.lr == 1e-3 and optimizer.betas == (0.9, 0.999)
+
+
+@pytest.mark.parametrize("changes, words", [
+    (dict(format="something else"), "meta does not describe"),
+    (dict(meta=None), "meta is missing"),
+    (dict(meta=np.zeros(3, dtype=np.float32)), "meta must be a uint8 JSON string"),
+    (dict(hyperparameters={"lr": -1.0, "betas": [0.9, 0.999], "eps": 1e-8, "weight_decay": 0.0}), "lr"),
+    (dict(hyperparameters={"lr": 1.0}), "hyperparameters"),
+    (dict(step_count=-2), "step_count"),
+    (dict(steps={"embed": 0}), "steps['embed']"),
+    (dict(steps={"ghost": 1}), "'ghost'"),
+    (dict(steps=[1, 2]), "steps"),
+    ({"exp_avg/norm": None}, "exp_avg/norm is missing"),
+    ({"exp_avg/norm": np.zeros(4, dtype=np.float32)}, "exp_avg/norm must be a (3,) float32 array, got (4,)"),
+    ({"exp_avg_sq/out": np.zeros((2, 5))}, "exp_avg_sq/out must be a (2, 5) float32 array"),
+    ({"exp_avg/norm": np.array([None, 1, 2], dtype=object)}, "exp_avg/norm"),
+])
+def test_a_bad_optimizer_file_is_a_checkpoint_error(tmp_path, changes, words):
+    refused(saved(tmp_path, **changes), words=words)
+
+
+def test_an_optimizer_file_for_other_parameters_is_refused(tmp_path):
+    path = saved(tmp_path)
+    other = host_params("float32")
+    other["embed"] = np.zeros((6, 3), dtype=np.float32)
+    refused(path, other, "exp_avg/embed must be a (6, 3) float32 array, got (5, 3)")
+    refused(path, {k: v.astype(np.float64) for k, v in host_params("float32").items()}, "float64")
+    refused(path, {"embed": other["embed"][:5]}, "'norm'")
+
+
+def test_a_huge_shape_in_a_header_is_refused_before_reading(tmp_path):
+    """A member claiming 40 TB (and holding nothing) is refused from its header, without allocating."""
+    import zipfile
+    path = saved(tmp_path)
+    with zipfile.ZipFile(path) as archive:
+        members = {name: archive.read(name) for name in archive.namelist()}
+    with zipfile.ZipFile(path, "w") as archive:
+        for name, data in members.items():
+            if name != "exp_avg/norm.npy":
+                archive.writestr(name, data)
+        with archive.open("exp_avg/norm.npy", "w") as fp:
+            np.lib.format.write_array_header_1_0(fp, {"descr": "<f4", "fortran_order": False, "shape": (10**13,)})
+    refused(path, words="exp_avg/norm must be a (3,) float32 array, got (10000000000000,) float32")
+
+
+def test_broken_files_are_checkpoint_errors(tmp_path):
+    path = saved(tmp_path)
+    with open(path, "rb") as f:
+        data = f.read()
+    for name, content in [("garbage.npz", b"not a zip at all" * 10), ("cut.npz", data[: len(data) // 2])]:
+        (tmp_path / name).write_bytes(content)
+        refused(str(tmp_path / name))
+    refused(str(tmp_path), words="folder")
+    with pytest.raises(FileNotFoundError):
+        load_optimizer(str(tmp_path / "absent.npz"), host_params("float32"))
+
+
+def test_load_state_dict_refuses_a_mismatched_state():
+    optimizer = AdamW(host_params("float32"))
+    continue_run(np, optimizer.params, optimizer, host_grads(1, "float32"))
+    state = optimizer.state_dict()
+    fresh = AdamW(host_params("float32"))
+    for broken, words in [({**state, "steps": None}, "steps"), ({"steps": {}}, "expected a dict"),
+                          ({**state, "exp_avg": {**state["exp_avg"], "norm": np.zeros(2, np.float32)}}, "exp_avg['norm']")]:
+        with pytest.raises(ValueError, match=words.replace("[", r"\[")):
+            fresh.load_state_dict(broken)
+    assert fresh.step_count == 0 and fresh.exp_avg == {}  # nothing was taken over
+
+
+def test_saving_is_atomic(tmp_path, monkeypatch):
+    path = saved(tmp_path)
+    before = open(path, "rb").read()
+    optimizer = AdamW(host_params("float32"))
+    import minillama.train.optim as optim
+
+    def failing_replace(source, target):
+        raise OSError("disk full")
+    monkeypatch.setattr(optim.os, "replace", failing_replace)
+    with pytest.raises(OSError, match="disk full"):
+        save_optimizer(path, optimizer)
+    assert open(path, "rb").read() == before and os.listdir(tmp_path) == ["optimizer.npz"]
