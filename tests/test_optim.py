@@ -144,6 +144,7 @@ def test_half_precision_parameters_keep_their_dtype():
     (lambda o, g: o.step(g, lr=float("nan")), "lr"),
     (lambda o, g: AdamW({}), "non-empty"),
     (lambda o, g: AdamW({"w": np.zeros(3, np.int32)}), "params['w']"),
+    (lambda o, g: AdamW({"w": np.broadcast_to(np.zeros(1, np.float32), (3,))}), "read-only"),
     (lambda o, g: AdamW(g, betas=(0.9, 1.0)), "betas[1]"),
     (lambda o, g: AdamW(g, betas=0.9), "betas"),
     (lambda o, g: AdamW(g, weight_decay=-0.1), "weight_decay"),

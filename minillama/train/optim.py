@@ -57,6 +57,8 @@ def _check_params(params: dict) -> dict:
             raise ValueError(f"params[{name!r}] must be an array under a string name, got {type(p).__name__}")
         if not namespace_of(p).isdtype(p.dtype, "real floating"):
             raise ValueError(f"params[{name!r}]: dtype {_dtype_name(p.dtype)} is not floating point")
+        if not getattr(getattr(p, "flags", None), "writeable", True):
+            raise ValueError(f"params[{name!r}] is read-only (memory-mapped from a checkpoint?): train on a copy")
     namespace_of(*params.values())  # raises if the arrays come from different libraries
     return params
 
@@ -200,6 +202,7 @@ def _copies(arrays: dict, params: dict) -> dict:
     for name, a in arrays.items():
         out[name] = xp.asarray(a if type(a) is type(params[name]) else to_numpy(a), copy=True)
     return out
+
 
 def _check_steps(steps, params: dict, error, source: str) -> dict:
     """Per-parameter step counts: names of parameters, counts of at least 1."""
