@@ -369,3 +369,5 @@ def test_saving_is_atomic(tmp_path, monkeypatch):
     with pytest.raises(OSError, match="disk full"):
         save_optimizer(path, optimizer)
     assert open(path, "rb").read() == before and os.listdir(tmp_path) == ["optimizer.npz"]
+    with pytest.raises(ValueError, match="AdamW"):
+        save_optimizer(path, {"lr": 1e-3})

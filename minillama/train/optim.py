@@ -282,6 +282,8 @@ def save_optimizer(path: str, optimizer: AdamW) -> None:
     array per moment, ``exp_avg/<name>`` and ``exp_avg_sq/<name>``. It is written to a
     temporary file beside ``path`` and moved into place, so a crash never leaves half a file.
     """
+    if not isinstance(optimizer, AdamW):
+        raise ValueError(f"save_optimizer saves an AdamW, got {type(optimizer).__name__}")
     state = optimizer.state_dict()
     meta = {"format": FORMAT, "version": 1, "hyperparameters": state["hyperparameters"],
             "step_count": state["step_count"], "steps": state["steps"]}
