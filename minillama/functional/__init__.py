@@ -2,7 +2,8 @@
 
 One file per idea, each matching a notebook:
 
-* ``basics``: ``embedding``, ``linear`` (and ``linear_sliced`` for ``pretraining_tp``), ``silu``, ``softmax``
+* ``basics``: ``embedding``, ``linear`` (and ``linear_sliced`` for ``pretraining_tp``), ``silu``, ``softmax``,
+  and the backwards ``embedding_backward``, ``linear_backward``, ``silu_backward``
 * ``norm``: ``rms_norm``
 * ``rope``: rotary position embedding (``inverse_frequencies``, ``rope_cos_sin``, ``apply_rotary``, ...)
 * ``attention``: ``attention_mask`` (causal + padding) and grouped-query ``attention``
@@ -15,6 +16,7 @@ gives them all. Nothing here knows about speed arrangements (``minillama.fast``)
 
 from .attention import attention, attention_mask
 from .basics import embedding, linear, linear_sliced, silu, softmax
+from .basics import embedding_backward, linear_backward, silu_backward
 from .mlp import swiglu_mlp
 from .norm import rms_norm
 from .rope import (apply_rotary, apply_rotary_interleaved, inverse_frequencies, positions_from_mask, rope_cos_sin,
@@ -25,3 +27,4 @@ __all__ = [
     "attention", "inverse_frequencies", "rope_cos_sin", "rotate_half", "apply_rotary", "apply_rotary_interleaved",
     "positions_from_mask",
 ]
+__all__ += ["embedding_backward", "linear_backward", "silu_backward"]
