@@ -141,3 +141,89 @@ def test_silu_backward_keeps_float32(backend):
     assert out.dtype == np.float32
     sigmoid = 1 / (1 + np.exp(-x.astype(np.float64)))
     np.testing.assert_allclose(out, grad_y * sigmoid * (1 + x * (1 - sigmoid)), rtol=1e-5, atol=1e-6)
+
+
+# ---- rms_norm ----------------------------------------------------------------------------------------------
+
+
+def torch_rms_norm(x, weight, eps=1e-5):
+    """The reference's RMSNorm: half precision normalised in float32, cast back before the gain."""
+    import torch
+    wide = x if x.dtype == torch.float64 else x.to(torch.float32)
+    normed = wide * torch.rsqrt(wide.pow(2).mean(-1, keepdim=True) + eps)
+    return weight * normed.to(x.dtype)
+
+
+def test_rms_norm_backward_matches_finite_differences():
+    x, weight, grad_y = rng.standard_normal((2, 3, 6)), rng.standard_normal(6), rng.standard_normal((2, 3, 6))
+    grad_x, grad_weight = F.rms_norm_backward(grad_y, x, weight, 1e-5)
+    loss = lambda: float(np.sum(F.rms_norm(x, weight, 1e-5) * grad_y))
+    assert_close(grad_x, finite_difference(loss, x), 1e-7)
+    assert_close(grad_weight, finite_difference(loss, weight), 1e-7)
+
+
+@pytest.mark.parametrize("dtype, rtol", [(np.float64, 1e-12), (np.float32, 1e-5)])
+def test_rms_norm_backward_matches_torch(backend, dtype, rtol):
+    x, weight, grad_y = (rng.standard_normal(s).astype(dtype) for s in ((2, 3, 8), (8,), (2, 3, 8)))
+    expected = torch_grads(torch_rms_norm, grad_y, x, weight)
+    actual = F.rms_norm_backward(*on(backend, grad_y, x, weight), 1e-5)
+    for a, e in zip(actual, expected):
+        assert to_numpy(a).dtype == dtype
+        assert_close(to_numpy(a), e, rtol)
+
+
+@pytest.mark.parametrize("weight_dtype", [np.float16, np.float32])
+def test_rms_norm_backward_of_half_precision_goes_through_float32(backend, weight_dtype):
+    if backend == "strict":
+        pytest.skip("the Array API standard has no float16")
+    x = np.full((2, 4), 300.0, dtype=np.float16)  # 300**2 overflows float16: only a float32 normalisation survives
+    x[1] = rng.standard_normal(4) * 300
+    weight = (1 + 0.1 * rng.standard_normal(4)).astype(weight_dtype)
+    grad_y = rng.standard_normal((2, 4)).astype(np.result_type(np.float16, weight_dtype))
+    expected = torch_grads(torch_rms_norm, grad_y, x, weight)
+    grad_x, grad_weight = (to_numpy(a) for a in F.rms_norm_backward(*on(backend, grad_y, x, weight), 1e-5))
+    assert grad_x.dtype == np.float16 and grad_weight.dtype == weight_dtype
+    assert np.all(np.isfinite(grad_x)) and np.all(np.isfinite(grad_weight))
+    assert_close(grad_x, expected[0], 2e-3)
+    assert_close(grad_weight, expected[1], 2e-3)
+
+
+# ---- swiglu_mlp --------------------------------------------------------------------------------------------
+
+MLP_NAMES = ("x", "gate_proj", "up_proj", "down_proj", "gate_bias", "up_bias", "down_bias")
+
+
+def mlp_arrays(dtype, with_bias):
+    shapes = ((2, 3, 4), (6, 4), (6, 4), (4, 6), (6,), (6,), (4,))
+    arrays = [rng.standard_normal(s).astype(dtype) for s in shapes]
+    return arrays if with_bias else arrays[:4] + [None, None, None]
+
+
+@pytest.mark.parametrize("with_bias", [False, True])
+def test_swiglu_mlp_backward_matches_finite_differences(with_bias):
+    arrays = mlp_arrays(np.float64, with_bias)
+    grad_y = rng.standard_normal((2, 3, 4))
+    grads = F.swiglu_mlp_backward(grad_y, *arrays)
+    expected_names = MLP_NAMES if with_bias else MLP_NAMES[:4]
+    assert sorted(grads) == sorted(expected_names)
+    loss = lambda: float(np.sum(F.swiglu_mlp(*arrays) * grad_y))
+    for name, array in zip(MLP_NAMES, arrays):
+        if array is not None:
+            assert_close(grads[name], finite_difference(loss, array), 1e-7)
+
+
+@pytest.mark.parametrize("dtype, rtol", [(np.float64, 1e-12), (np.float32, 1e-5)])
+def test_swiglu_mlp_backward_matches_torch(backend, dtype, rtol):
+    torch = pytest.importorskip("torch")
+    linear = torch.nn.functional.linear
+    arrays = mlp_arrays(dtype, with_bias=True)
+    grad_y = rng.standard_normal((2, 3, 4)).astype(dtype)
+
+    def reference(x, gate, up, down, gate_bias, up_bias, down_bias):
+        return linear(torch.nn.functional.silu(linear(x, gate, gate_bias)) * linear(x, up, up_bias), down, down_bias)
+
+    expected = torch_grads(reference, grad_y, *arrays)
+    grads = F.swiglu_mlp_backward(*on(backend, grad_y, *arrays))
+    for name, e in zip(MLP_NAMES, expected):
+        assert to_numpy(grads[name]).dtype == dtype
+        assert_close(to_numpy(grads[name]), e, rtol)

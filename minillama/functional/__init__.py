@@ -4,10 +4,10 @@ One file per idea, each matching a notebook:
 
 * ``basics``: ``embedding``, ``linear`` (and ``linear_sliced`` for ``pretraining_tp``), ``silu``, ``softmax``,
   and the backwards ``embedding_backward``, ``linear_backward``, ``silu_backward``
-* ``norm``: ``rms_norm``
+* ``norm``: ``rms_norm`` and ``rms_norm_backward``
 * ``rope``: rotary position embedding (``inverse_frequencies``, ``rope_cos_sin``, ``apply_rotary``, ...)
 * ``attention``: ``attention_mask`` (causal + padding) and grouped-query ``attention``
-* ``mlp``: ``swiglu_mlp``
+* ``mlp``: ``swiglu_mlp`` and ``swiglu_mlp_backward``
 
 Every function is written against the array namespace of its inputs (``xp``), so it runs on
 NumPy, CuPy and the strict Array API stand-in alike. ``from minillama import functional as F``
@@ -17,8 +17,8 @@ gives them all. Nothing here knows about speed arrangements (``minillama.fast``)
 from .attention import attention, attention_mask
 from .basics import embedding, linear, linear_sliced, silu, softmax
 from .basics import embedding_backward, linear_backward, silu_backward
-from .mlp import swiglu_mlp
-from .norm import rms_norm
+from .mlp import swiglu_mlp, swiglu_mlp_backward
+from .norm import rms_norm, rms_norm_backward
 from .rope import (apply_rotary, apply_rotary_interleaved, inverse_frequencies, positions_from_mask, rope_cos_sin,
                    rotate_half)
 
@@ -27,4 +27,4 @@ __all__ = [
     "attention", "inverse_frequencies", "rope_cos_sin", "rotate_half", "apply_rotary", "apply_rotary_interleaved",
     "positions_from_mask",
 ]
-__all__ += ["embedding_backward", "linear_backward", "silu_backward"]
+__all__ += ["embedding_backward", "linear_backward", "silu_backward", "rms_norm_backward", "swiglu_mlp_backward"]
