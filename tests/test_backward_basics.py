@@ -43,6 +43,14 @@ def assert_close(actual, expected, rtol):
     assert np.max(np.abs(actual - expected)) / scale <= rtol
 
 
+def torch_installed() -> bool:
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 def torch_grads(function, grad_y, *arrays):
     """torch autograd: the gradients of sum(function(*arrays) * grad_y) for every array not None."""
     torch = pytest.importorskip("torch")
@@ -122,17 +130,25 @@ def test_linear_backward_matches_torch(backend, dtype, rtol):
 # ---- silu --------------------------------------------------------------------------------------------------
 
 
-def test_silu_backward_matches_finite_differences_and_torch(backend):
-    torch = pytest.importorskip("torch")
+def silu_case():
     x = rng.standard_normal((3, 7)) * 4
     x[0, :3] = [-60.0, 0.0, 60.0]  # far into the flat tails the gradient is 0 and 1
-    grad_y = rng.standard_normal((3, 7))
+    return x, rng.standard_normal((3, 7))
+
+
+def test_silu_backward_matches_finite_differences(backend):
+    x, grad_y = silu_case()
     numeric = finite_difference(lambda: float(np.sum(F.silu(x) * grad_y)), x)
-    (expected,) = torch_grads(torch.nn.functional.silu, grad_y, x)
     actual = to_numpy(F.silu_backward(*on(backend, grad_y, x)))
     assert_close(actual, numeric, 1e-7)
-    assert_close(actual, expected, 1e-12)
     np.testing.assert_allclose(actual[0, :3], [0.0, 0.5 * grad_y[0, 1], grad_y[0, 2]], atol=1e-12)
+
+
+def test_silu_backward_matches_torch(backend):
+    torch = pytest.importorskip("torch")
+    x, grad_y = silu_case()
+    (expected,) = torch_grads(torch.nn.functional.silu, grad_y, x)
+    assert_close(to_numpy(F.silu_backward(*on(backend, grad_y, x))), expected, 1e-12)
 
 
 def test_silu_backward_keeps_float32(backend):
@@ -180,12 +196,16 @@ def test_rms_norm_backward_of_half_precision_goes_through_float32(backend, weigh
     x[1] = rng.standard_normal(4) * 300
     weight = (1 + 0.1 * rng.standard_normal(4)).astype(weight_dtype)
     grad_y = rng.standard_normal((2, 4)).astype(np.result_type(np.float16, weight_dtype))
-    expected = torch_grads(torch_rms_norm, grad_y, x, weight)
     grad_x, grad_weight = (to_numpy(a) for a in F.rms_norm_backward(*on(backend, grad_y, x, weight), 1e-5))
     assert grad_x.dtype == np.float16 and grad_weight.dtype == weight_dtype
     assert np.all(np.isfinite(grad_x)) and np.all(np.isfinite(grad_weight))
-    assert_close(grad_x, expected[0], 2e-3)
-    assert_close(grad_weight, expected[1], 2e-3)
+    exact = F.rms_norm_backward(*(a.astype(np.float64) for a in (grad_y, x, weight)), 1e-5)
+    assert_close(grad_x, exact[0], 2e-3)
+    assert_close(grad_weight, exact[1], 2e-3)
+    if torch_installed():
+        expected = torch_grads(torch_rms_norm, grad_y, x, weight)
+        assert_close(grad_x, expected[0], 2e-3)
+        assert_close(grad_weight, expected[1], 2e-3)
 
 
 # ---- swiglu_mlp --------------------------------------------------------------------------------------------
@@ -227,3 +247,103 @@ def test_swiglu_mlp_backward_matches_torch(backend, dtype, rtol):
     for name, e in zip(MLP_NAMES, expected):
         assert to_numpy(grads[name]).dtype == dtype
         assert_close(to_numpy(grads[name]), e, rtol)
+
+
+# ---- loss --------------------------------------------------------------------------------------------------
+
+
+def lm_case(dtype, batch=2, seq=5, vocab=7):
+    logits = (rng.standard_normal((batch, seq, vocab)) * 3).astype(dtype)
+    labels = rng.integers(0, vocab, size=(batch, seq))
+    labels[0, 2] = labels[1, 4] = -100  # ignored; labels[:, 0] is never predicted anyway
+    return logits, labels
+
+
+def torch_causal_lm_loss(logits, labels):
+    """The shifted loss written with torch.nn.functional.cross_entropy, as transformers' ForCausalLMLoss does."""
+    import torch
+    vocab = logits.shape[-1]
+    return torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, vocab), torch.tensor(labels[:, 1:]).reshape(-1),
+                                             ignore_index=-100)
+
+
+def test_cross_entropy_is_the_mean_negative_log_probability_of_the_counted_labels(backend):
+    logits = np.log(np.array([[0.5, 0.25, 0.25], [0.1, 0.1, 0.8], [0.2, 0.2, 0.6]]))
+    labels = np.array([0, 2, -100])
+    loss = F.cross_entropy(*on(backend, logits, labels))
+    assert loss.shape == ()  # a 0-d array on the backend, not a Python float
+    np.testing.assert_allclose(float(loss), -(np.log(0.5) + np.log(0.8)) / 2, rtol=1e-14)
+
+
+@pytest.mark.parametrize("dtype, rtol", [(np.float64, 1e-12), (np.float32, 1e-6)])
+def test_causal_lm_loss_and_backward_match_torch(backend, dtype, rtol):
+    torch = pytest.importorskip("torch")
+    logits, labels = lm_case(dtype)
+    logits_t = torch.tensor(logits, requires_grad=True)
+    expected = torch_causal_lm_loss(logits_t, labels)
+    expected.backward()
+    logits_b, labels_b = on(backend, logits, labels)
+    loss = F.causal_lm_loss(logits_b, labels_b)
+    grad = to_numpy(F.causal_lm_loss_backward(logits_b, labels_b))
+    assert to_numpy(loss).dtype == dtype and grad.dtype == dtype and grad.shape == logits.shape
+    np.testing.assert_allclose(float(loss), expected.item(), rtol=rtol)
+    assert_close(grad, logits_t.grad.numpy(), 10 * rtol)
+    assert not grad[:, -1].any()  # the last position predicts nothing
+
+
+def test_causal_lm_loss_equals_transformers_for_causal_lm_loss():
+    torch = pytest.importorskip("torch")
+    loss_utils = pytest.importorskip("transformers.loss.loss_utils")
+    logits, labels = lm_case(np.float32)
+    expected = loss_utils.ForCausalLMLoss(torch.tensor(logits), torch.tensor(labels), vocab_size=7)
+    np.testing.assert_allclose(float(F.causal_lm_loss(logits, labels)), expected.item(), rtol=1e-6)
+
+
+def test_causal_lm_loss_backward_matches_finite_differences():
+    logits, labels = lm_case(np.float64)
+    numeric = finite_difference(lambda: float(F.causal_lm_loss(logits, labels)), logits)
+    assert_close(F.causal_lm_loss_backward(logits, labels), numeric, 1e-7)
+
+
+def test_cross_entropy_backward_matches_finite_differences_with_leading_axes():
+    logits = rng.standard_normal((2, 3, 4, 5))
+    labels = rng.integers(0, 5, size=(2, 3, 4))
+    labels[1, 1, :] = -7
+    numeric = finite_difference(lambda: float(F.cross_entropy(logits, labels, ignore_index=-7)), logits)
+    grad = F.cross_entropy_backward(logits, labels, ignore_index=-7)
+    assert_close(grad, numeric, 1e-7)
+    assert not grad[1, 1].any()
+
+
+def test_loss_is_stable_for_huge_logits_and_keeps_half_precision_gradients():
+    logits = np.zeros((1, 3, 4), dtype=np.float16)
+    logits[0, :, 0] = 60000.0  # exp overflows even float32 without the maximum taken out
+    labels = np.array([[0, 0, 1]])
+    loss = F.causal_lm_loss(logits, labels)
+    assert loss.dtype == np.float32  # computed in float32, as transformers upcasts
+    np.testing.assert_allclose(float(loss), (0.0 + 60000.0) / 2, rtol=1e-6)
+    grad = F.causal_lm_loss_backward(logits, labels)
+    assert grad.dtype == np.float16 and np.all(np.isfinite(grad))
+    np.testing.assert_allclose(grad[0, 1], [0.5, -0.5, 0.0, 0.0], atol=1e-3)
+
+
+def test_all_ignored_labels_give_nan_loss_and_zero_gradient_like_torch(backend):
+    logits, labels = lm_case(np.float32)
+    labels[:, 1:] = -100
+    logits_b, labels_b = on(backend, logits, labels)
+    assert np.isnan(float(F.causal_lm_loss(logits_b, labels_b)))
+    grad = to_numpy(F.causal_lm_loss_backward(logits_b, labels_b))
+    assert grad.dtype == np.float32 and not grad.any()
+    one_token = on(backend, logits[:, :1], labels[:, :1])  # a single position predicts nothing either
+    assert np.isnan(float(F.causal_lm_loss(*one_token)))
+
+
+def test_a_label_outside_the_vocabulary_makes_nan_instead_of_a_wrong_number(backend):
+    logits, labels = lm_case(np.float32)
+    labels[0, 3] = 7  # vocab is 7
+    labels[1, 2] = -1  # NumPy would read this as the last row
+    logits_b, labels_b = on(backend, logits, labels)
+    assert np.isnan(float(F.causal_lm_loss(logits_b, labels_b)))
+    grad = to_numpy(F.causal_lm_loss_backward(logits_b, labels_b))
+    assert np.all(np.isnan(grad[0, 2])) and np.all(np.isnan(grad[1, 1]))
+    assert np.all(np.isfinite(grad[0, 3]))

@@ -8,6 +8,7 @@ One file per idea, each matching a notebook:
 * ``rope``: rotary position embedding (``inverse_frequencies``, ``rope_cos_sin``, ``apply_rotary``, ...)
 * ``attention``: ``attention_mask`` (causal + padding) and grouped-query ``attention``
 * ``mlp``: ``swiglu_mlp`` and ``swiglu_mlp_backward``
+* ``loss``: ``cross_entropy``, ``causal_lm_loss`` (transformers' shifted LM loss) and their backwards
 
 Every function is written against the array namespace of its inputs (``xp``), so it runs on
 NumPy, CuPy and the strict Array API stand-in alike. ``from minillama import functional as F``
@@ -17,6 +18,7 @@ gives them all. Nothing here knows about speed arrangements (``minillama.fast``)
 from .attention import attention, attention_mask
 from .basics import embedding, linear, linear_sliced, silu, softmax
 from .basics import embedding_backward, linear_backward, silu_backward
+from .loss import causal_lm_loss, causal_lm_loss_backward, cross_entropy, cross_entropy_backward
 from .mlp import swiglu_mlp, swiglu_mlp_backward
 from .norm import rms_norm, rms_norm_backward
 from .rope import (apply_rotary, apply_rotary_interleaved, inverse_frequencies, positions_from_mask, rope_cos_sin,
@@ -28,3 +30,4 @@ __all__ = [
     "positions_from_mask",
 ]
 __all__ += ["embedding_backward", "linear_backward", "silu_backward", "rms_norm_backward", "swiglu_mlp_backward"]
+__all__ += ["cross_entropy", "cross_entropy_backward", "causal_lm_loss", "causal_lm_loss_backward"]
