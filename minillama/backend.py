@@ -92,3 +92,38 @@ def to_numpy(array) -> np.ndarray:
     if array_api_compat.is_cupy_array(array):
         return array.get()
     return np.from_dlpack(array)
+
+
+def index_add(xp: ModuleType, shape: tuple, ids, values):
+    """A new array of ``shape``, zero but for ``values[k]`` added into row ``ids[k]`` (repeats add up).
+
+    ids: (n,) integers in [0, shape[0]); values: (n, *shape[1:]). The Array API has no
+    scatter-add, so NumPy uses ``np.add.at``, CuPy ``cupyx.scatter_add``, and any other
+    backend a portable one-hot product, a block of rows at a time.
+    """
+    name = xp.__name__
+    if name in (_MODULES["numpy"], _MODULES["cupy"]):
+        out = xp.zeros(shape, dtype=values.dtype)
+        if name == _MODULES["numpy"]:
+            np.add.at(out, ids, values)
+        else:
+            import cupyx
+            cupyx.scatter_add(out, ids, values)
+        return out
+    return _index_add_one_hot(xp, shape, ids, values)
+
+
+def _index_add_one_hot(xp: ModuleType, shape: tuple, ids, values):
+    """``index_add`` in standard operations only: row r is one_hot(ids == r) @ values."""
+    n = ids.shape[0]
+    flat = xp.reshape(values, (n, -1))  # (n, row_size)
+    ids_row = xp.reshape(ids, (1, n))
+    block = max(1, 2**22 // max(n, 1))  # rows per block: keeps the (block, n) one-hot matrix small
+    parts = []
+    for start in range(0, shape[0], block):
+        rows = xp.arange(start, min(start + block, shape[0]), dtype=ids.dtype)  # (rows,)
+        one_hot = xp.astype(xp.reshape(rows, (-1, 1)) == ids_row, values.dtype)  # (rows, n)
+        parts.append(one_hot @ flat)  # (rows, row_size)
+    if not parts:
+        return xp.zeros(shape, dtype=values.dtype)
+    return xp.reshape(xp.concat(parts, axis=0), shape)

@@ -1,5 +1,8 @@
 """The smallest pieces: embedding lookup, linear layers, the SiLU activation and softmax.
 
+Each ``*_backward`` takes the gradient of the loss with respect to the output
+(``grad_y``, same shape as the output) and returns the gradients of the inputs.
+
 Shapes use these names:
     batch     sequences in the batch
     seq       tokens per sequence (q_len for queries, k_len for keys)
@@ -10,7 +13,7 @@ Shapes use these names:
 
 from __future__ import annotations
 
-from ..backend import namespace_of
+from ..backend import index_add, namespace_of
 
 
 def embedding(token_ids, table):
@@ -24,6 +27,18 @@ def embedding(token_ids, table):
     return xp.reshape(rows, (batch, seq, table.shape[1]))
 
 
+def embedding_backward(grad_out, token_ids, vocab_size: int):
+    """Gradient of ``embedding`` with respect to the table.
+
+    Row v of the table receives the sum of grad_out over every position holding token v.
+    grad_out: (batch, seq, hidden); token_ids: (batch, seq) -> (vocab, hidden)
+    """
+    xp = namespace_of(grad_out)
+    batch, seq, hidden = grad_out.shape
+    ids = xp.reshape(token_ids, (batch * seq,))
+    return index_add(xp, (vocab_size, hidden), ids, xp.reshape(grad_out, (batch * seq, hidden)))
+
+
 def linear(x, weight, bias=None):
     """y = x W^T + b, with W stored (out_features, in_features) as in PyTorch checkpoints.
 
@@ -31,6 +46,22 @@ def linear(x, weight, bias=None):
     """
     y = x @ weight.T
     return y if bias is None else y + bias
+
+
+def linear_backward(grad_y, x, weight, bias=None):
+    """Gradients of ``linear``: grad_x = grad_y W, grad_W = grad_y^T x, grad_b = sum of grad_y.
+
+    grad_y: (..., out); x: (..., in); weight: (out, in) -> (grad_x (..., in),
+    grad_weight (out, in), grad_bias (out,) or None). The weight and bias gradients
+    sum over every leading axis (each position used the same weight).
+    """
+    xp = namespace_of(grad_y)
+    grad_x = grad_y @ weight  # (..., in)
+    grad_rows = xp.reshape(grad_y, (-1, weight.shape[0]))  # (positions, out)
+    x_rows = xp.reshape(x, (-1, weight.shape[1]))  # (positions, in)
+    grad_weight = grad_rows.T @ x_rows  # (out, in)
+    grad_bias = None if bias is None else xp.sum(grad_rows, axis=0)  # (out,)
+    return grad_x, grad_weight, grad_bias
 
 
 def linear_sliced(x, weight, bias=None, slices: int = 1, split: str = "out"):
@@ -60,6 +91,16 @@ def silu(x):
     """x * sigmoid(x), the gate activation of SwiGLU."""
     xp = namespace_of(x)
     return x / (1.0 + xp.exp(-x))
+
+
+def silu_backward(grad_y, x):
+    """Gradient of ``silu``: d/dx [x s(x)] = s(x) (1 + x (1 - s(x))), with s the sigmoid.
+
+    grad_y, x: same shape -> grad_x
+    """
+    xp = namespace_of(x)
+    sigmoid = 1.0 / (1.0 + xp.exp(-x))
+    return grad_y * sigmoid * (1.0 + x * (1.0 - sigmoid))
 
 
 def softmax(x, axis: int = -1):
