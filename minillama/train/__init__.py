@@ -1,4 +1,7 @@
-"""Training in NumPy: the optimizer, gradient clipping and the learning-rate schedule.
+"""Training in NumPy: whole-model gradients, the optimizer, gradient clipping and the learning-rate schedule.
+
+* :func:`loss_and_grads`: a causal LM's loss (as transformers' ``labels=`` loss) and the gradient of
+  every parameter by its Hugging Face name, by the backward of each component in ``functional``.
 
 * :class:`AdamW`: Adam with decoupled weight decay, updating the parameter arrays in place.
 * :func:`clip_grad_norm`: scale all gradients together down to a maximum global norm.
@@ -6,6 +9,7 @@
 * :func:`save_optimizer` / :func:`load_optimizer`: the optimizer's state in a ``.npz`` file.
 """
 
+from .backprop import loss_and_grads
 from .optim import AdamW, clip_grad_norm, load_optimizer, lr_at, save_optimizer
 
-__all__ = ["AdamW", "clip_grad_norm", "lr_at", "save_optimizer", "load_optimizer"]
+__all__ = ["loss_and_grads", "AdamW", "clip_grad_norm", "lr_at", "save_optimizer", "load_optimizer"]

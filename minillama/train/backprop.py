@@ -1,0 +1,182 @@
+"""Whole-model gradients: the forward pass run once more, keeping what each backward needs.
+
+    ids ─► embedding ─► layer 0 ─► ... ─► layer L-1 ─► rms_norm ─► lm_head ─► logits ─► loss
+                 ◄── grad ◄──── grad ◄──────────── grad ◄─────── grad ◄──── grad_logits
+
+Each block's backward is the chain rule through the same components the forward uses, in
+reverse: a residual add passes its gradient to both branches, and every weight's gradient is
+read off by the backward of the one function that uses it (``functional``'s ``*_backward``).
+
+Memory: per layer the forward keeps its input and the few intermediates its backward reads
+(the normed inputs, rotated queries and keys, values, attention probabilities, merged heads).
+With ``recompute=True`` only each layer's input is kept and the rest is computed again, one
+layer at a time, during the backward (activation checkpointing): less memory, one more forward.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .. import functional as F
+from ..backend import namespace_of
+from ..formats.names import LAYER_NAMES
+from ..model.forward import rotary_tables
+
+
+@dataclass
+class AttentionSaved:
+    """What the attention block's backward reads, for one layer."""
+
+    x: object  # (batch, seq, hidden), the layer input
+    normed: object  # (batch, seq, hidden), rms_norm(x)
+    q: object  # (batch, heads, seq, head_dim), after rotary
+    k: object  # (batch, kv_heads, seq, head_dim), after rotary
+    v: object  # (batch, kv_heads, seq, head_dim)
+    probs: object  # (batch, heads, seq, seq)
+    merged: object  # (batch, seq, heads * head_dim), the heads before o_proj
+
+
+def split_heads(x, n_heads, head_dim):
+    """(batch, seq, n_heads * head_dim) -> (batch, n_heads, seq, head_dim)."""
+    xp = namespace_of(x)
+    batch, seq, _ = x.shape
+    return xp.permute_dims(xp.reshape(x, (batch, seq, n_heads, head_dim)), (0, 2, 1, 3))
+
+
+def merge_heads(x):
+    """(batch, n_heads, seq, head_dim) -> (batch, seq, n_heads * head_dim)."""
+    xp = namespace_of(x)
+    batch, n_heads, seq, head_dim = x.shape
+    return xp.reshape(xp.permute_dims(x, (0, 2, 1, 3)), (batch, seq, n_heads * head_dim))
+
+
+def attention_forward(x, w, config, cos, sin, mask):
+    """The attention block (norm, projections, rotary, attention, o_proj) -> (output, AttentionSaved)."""
+    c = config
+    normed = F.rms_norm(x, w.attn_norm, c.rms_norm_eps)
+    q = F.apply_rotary(split_heads(F.linear(normed, w.q_proj, w.q_bias), c.num_attention_heads, c.head_dim), cos, sin)
+    k = F.apply_rotary(split_heads(F.linear(normed, w.k_proj, w.k_bias), c.num_key_value_heads, c.head_dim), cos, sin)
+    v = split_heads(F.linear(normed, w.v_proj, w.v_bias), c.num_key_value_heads, c.head_dim)
+    out, probs = F.attention(q, k, v, mask)  # (batch, heads, seq, head_dim)
+    merged = merge_heads(out)
+    return F.linear(merged, w.o_proj, w.o_bias), AttentionSaved(x, normed, q, k, v, probs, merged)
+
+
+def attention_backward(grad_out, w, config, cos, sin, mask, s: AttentionSaved):
+    """grad of the attention block's output (batch, seq, hidden) -> (grad of its input x, weight grads by field)."""
+    c = config
+    grads = {}
+    grad_merged, grads["o_proj"], grads["o_bias"] = F.linear_backward(grad_out, s.merged, w.o_proj, w.o_bias)
+    grad_heads = split_heads(grad_merged, c.num_attention_heads, c.head_dim)  # (batch, heads, seq, head_dim)
+    grad_q, grad_k, grad_v = F.attention_backward(grad_heads, s.q, s.k, s.v, mask, s.probs)
+    grad_normed = 0.0
+    for name, grad in (("q", F.apply_rotary_backward(grad_q, cos, sin)), ("k", F.apply_rotary_backward(grad_k, cos, sin)),
+                       ("v", grad_v)):
+        grad_in, grads[f"{name}_proj"], grads[f"{name}_bias"] = F.linear_backward(
+            merge_heads(grad), s.normed, getattr(w, f"{name}_proj"), getattr(w, f"{name}_bias"))
+        grad_normed = grad_normed + grad_in
+    grad_x, grads["attn_norm"] = F.rms_norm_backward(grad_normed, s.x, w.attn_norm, c.rms_norm_eps)
+    return grad_x, grads
+
+
+def mlp_backward(grad_out, w, config, h):
+    """grad of the MLP block's output -> (grad of its input h, weight grads by field); h is the block input."""
+    normed = F.rms_norm(h, w.mlp_norm, config.rms_norm_eps)
+    parts = F.swiglu_mlp_backward(grad_out, normed, w.gate_proj, w.up_proj, w.down_proj,
+                                  w.gate_bias, w.up_bias, w.down_bias)
+    grads = {key: parts.get(key) for key in ("gate_proj", "up_proj", "down_proj", "gate_bias", "up_bias", "down_bias")}
+    grad_h, grads["mlp_norm"] = F.rms_norm_backward(parts["x"], h, w.mlp_norm, config.rms_norm_eps)
+    return grad_h, grads
+
+
+def layer_forward(x, w, config, cos, sin, mask):
+    """One decoder layer, as decoder_layer computes it -> (output, what its backward needs)."""
+    attn_out, saved = attention_forward(x, w, config, cos, sin, mask)
+    h = x + attn_out
+    mlp_out = F.swiglu_mlp(F.rms_norm(h, w.mlp_norm, config.rms_norm_eps), w.gate_proj, w.up_proj, w.down_proj,
+                           w.gate_bias, w.up_bias, w.down_bias)
+    return h + mlp_out, (saved, h)
+
+
+def layer_backward(grad_out, w, config, cos, sin, mask, saved):
+    """grad of a layer's output -> (grad of its input, weight grads by field). Residuals pass grad on unchanged."""
+    attention_saved, h = saved
+    grad_h, grads = mlp_backward(grad_out, w, config, h)
+    grad_h = grad_out + grad_h  # h feeds both the residual and the MLP
+    grad_x, attention_grads = attention_backward(grad_h, w, config, cos, sin, mask, attention_saved)
+    grads.update(attention_grads)
+    return grad_h + grad_x, grads
+
+
+def default_labels(input_ids, attention_mask):
+    """labels = input_ids, with padding positions ignored (-100)."""
+    xp = namespace_of(input_ids)
+    if attention_mask is None:
+        return input_ids
+    return xp.where(attention_mask != 0, input_ids, xp.full_like(input_ids, -100))
+
+
+def forward_and_backward(weights, config, input_ids, labels, attention_mask=None, position_ids=None,
+                         recompute: bool = False):
+    """Loss and gradients of a causal LM on eager weights -> (loss as a 0-d array, grads by Hugging Face name).
+
+    input_ids, labels: (batch, seq) on the weights' backend; labels -100 are ignored; the loss
+    predicts labels[:, t + 1] from position t, as transformers' LlamaForCausalLM does.
+    """
+    xp = namespace_of(input_ids)
+    batch, seq = input_ids.shape
+    if position_ids is None:
+        position_ids = (F.positions_from_mask(attention_mask) if attention_mask is not None
+                        else xp.broadcast_to(xp.arange(seq)[None, :], (batch, seq)))
+    x = weights.embed(input_ids)  # (batch, seq, hidden)
+    cos, sin = rotary_tables(config, position_ids, x.dtype)
+    mask = F.attention_mask(seq, seq, xp, attention_mask)  # (batch or 1, 1, seq, seq)
+
+    kept = []  # per layer: its input (recompute) or everything its backward reads
+    for i, w in enumerate(weights.layers):
+        out, saved = layer_forward(x, w, config, cos, sin, mask)
+        kept.append(x if recompute else saved)
+        x = out
+    normed = F.rms_norm(x, weights.norm, config.rms_norm_eps)
+    logits = F.linear(normed, weights.lm_head)  # (batch, seq, vocab)
+    loss = F.causal_lm_loss(logits, labels)
+
+    grads = {}
+    grad_normed, lm_head_grad, _ = F.linear_backward(F.causal_lm_loss_backward(logits, labels), normed, weights.lm_head)
+    grad_x, grads["model.norm.weight"] = F.rms_norm_backward(grad_normed, x, weights.norm, config.rms_norm_eps)
+    for i in reversed(range(len(weights.layers))):
+        w = weights.layers[i]
+        saved = layer_forward(kept[i], w, config, cos, sin, mask)[1] if recompute else kept[i]
+        kept[i] = None  # this layer's activations are no longer needed
+        grad_x, layer_grads = layer_backward(grad_x, w, config, cos, sin, mask, saved)
+        for key, grad in layer_grads.items():
+            if grad is not None:
+                grads[f"model.layers.{i}.{LAYER_NAMES[key]}"] = grad
+    embed_grad = F.embedding_backward(grad_x, input_ids, config.vocab_size)
+    if weights.lm_head is weights.embed_tokens:  # tied: one table, both uses summed
+        grads["model.embed_tokens.weight"] = embed_grad + lm_head_grad
+    else:
+        grads["model.embed_tokens.weight"] = embed_grad
+        grads["lm_head.weight"] = lm_head_grad
+    return loss, grads
+
+
+def loss_and_grads(model, input_ids, labels=None, attention_mask=None, position_ids=None, recompute: bool = False):
+    """(loss, grads) of a LlamaForCausalLM on a batch, as transformers' ``model(..., labels=...).loss`` and autograd.
+
+    labels: (batch, seq), -100 where ignored; None means input_ids with padding ignored.
+    loss is a Python float; grads maps each parameter's Hugging Face name
+    (``model.layers.0.self_attn.q_proj.weight``, ...) to an array of its shape and dtype.
+    A tied LM head has one gradient, under the embedding's name, with both uses summed.
+    recompute: keep only each layer's input and compute its intermediates again in the backward.
+    """
+    if getattr(model.weights, "lm_head", None) is None:
+        raise ValueError("loss_and_grads needs a LlamaForCausalLM (a model with an LM head)")
+    if model.weights.lazy_dtype is not None:
+        raise ValueError("training needs the weights in memory: load with lazy=False")
+    ids, mask, positions = model._prepare(input_ids, attention_mask, position_ids)
+    labels = default_labels(ids, mask) if labels is None else model._as_int_array(labels, "labels")
+    if tuple(labels.shape) != tuple(ids.shape):
+        raise ValueError(f"labels has shape {tuple(labels.shape)}, but input_ids has {tuple(ids.shape)}")
+    loss, grads = forward_and_backward(model.weights, model.config, ids, labels, mask, positions, recompute)
+    return float(loss), grads
