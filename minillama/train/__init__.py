@@ -1,0 +1,1 @@
+"""Training in NumPy: data, gradients, the optimizer and the ``minillama train`` command."""
