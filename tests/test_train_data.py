@@ -94,3 +94,121 @@ def test_the_size_limit_is_checked_before_reading(tmp_path):
 
 def test_corpus_error_is_a_value_error():
     assert issubclass(CorpusError, ValueError)
+
+
+# ---- train_tokenizer ---------------------------------------------------------------------------
+
+SHARED = os.path.join(os.path.dirname(__file__), "..", "..", "shared")
+LLAMA2_MODEL = os.path.join(SHARED, "models", "llama2-tokenizer", "tokenizer.model")
+WORDS = ("the king said unto them that his people went forth into the land of plenty and "
+         "a small dog ran over hills while children sang songs about rivers stones bread wine").split()
+
+
+def small_text(n_paragraphs: int = 40, seed: int = 0) -> str:
+    """A few KB of made-up English: paragraphs of sentences, some numbers, separated by blank lines."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for p in range(n_paragraphs):
+        sentences = []
+        for _ in range(int(rng.integers(2, 5))):
+            words = [WORDS[i] for i in rng.integers(0, len(WORDS), size=int(rng.integers(4, 12)))]
+            sentences.append(" ".join(words).capitalize() + (f" in {1000 + 37 * p}." if p % 3 == 0 else "."))
+        out.append("\n".join(sentences))
+    return "\n\n".join(out) + "\n"
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A 400-piece tokenizer trained on small_text(): (folder, text)."""
+    folder = tmp_path_factory.mktemp("tokenizer")
+    text = small_text()
+    path = data.train_tokenizer(text, folder, 400)
+    assert path == os.path.join(str(folder), "tokenizer.model")
+    return str(folder), text
+
+
+def test_training_is_deterministic_byte_for_byte(trained, tmp_path):
+    folder, text = trained
+    again = data.train_tokenizer(text, tmp_path / "again", 400, seed=0)
+    first = open(os.path.join(folder, "tokenizer.model"), "rb").read()
+    assert open(again, "rb").read() == first
+    assert not os.path.exists(again + ".partial")
+    assert 3000 < len(text.encode()) < 20000  # "a few KB"
+
+
+def test_the_trained_tokenizer_loads_and_round_trips(trained):
+    from minillama import LlamaTokenizer
+    folder, text = trained
+    tok = LlamaTokenizer.from_pretrained(folder)
+    assert tok.vocab_size == 400
+    assert [tok.convert_ids_to_tokens(i) for i in (0, 1, 2, 3, 258)] == ["<unk>", "<s>", "</s>", "<0x00>", "<0xFF>"]
+    sample = "The king said 2026 times: caf\u00e9 \u20ac!"
+    ids = tok.encode(sample, bos=False)
+    assert tok.decode(ids) == sample
+    pieces = tok.convert_ids_to_tokens(ids)
+    assert [p for p in pieces if p.strip("\u2581").isdigit()] == ["2", "0", "2", "6"]  # split_digits
+    assert "<0xE2>" in pieces and "<0x82>" in pieces and "<0xAC>" in pieces  # the euro sign by byte fallback
+    assert tok.encode("the king", bos=True)[0] == 1 and len(tok.encode(text)) < len(text) / 2  # it learned merges
+
+
+def test_the_trained_tokenizer_agrees_with_transformers(trained):
+    transformers = pytest.importorskip("transformers")
+    from minillama import LlamaTokenizer
+    folder, text = trained
+    ours, theirs = LlamaTokenizer.from_pretrained(folder), transformers.LlamaTokenizer.from_pretrained(folder)
+    # (runs of spaces and leading spaces are tokenized differently by transformers: test_tokenizer_vs_transformers)
+    for sample in (text[:500], "and a line 42\u20ac\nnext", "Rivers of bread"):
+        assert theirs.encode(sample) == ours.encode(sample)
+
+
+def trainer_settings(path: str) -> dict:
+    model_pb2 = pytest.importorskip("sentencepiece.sentencepiece_model_pb2")
+    model = model_pb2.ModelProto()
+    model.ParseFromString(open(path, "rb").read())
+    spec, norm = model.trainer_spec, model.normalizer_spec
+    fields = ("model_type", "byte_fallback", "split_digits", "allow_whitespace_only_pieces", "character_coverage",
+              "unk_id", "bos_id", "eos_id", "pad_id", "split_by_unicode_script", "split_by_number",
+              "split_by_whitespace", "treat_whitespace_as_suffix", "max_sentencepiece_length",
+              "hard_vocab_limit", "unk_piece", "bos_piece", "eos_piece")
+    settings = {name: getattr(spec, name) for name in fields}
+    settings.update(normalizer=norm.name, add_dummy_prefix=norm.add_dummy_prefix,
+                    remove_extra_whitespaces=norm.remove_extra_whitespaces, charsmap=norm.precompiled_charsmap)
+    return settings
+
+
+def test_the_settings_are_llama_2s(trained):
+    ours = trainer_settings(os.path.join(trained[0], "tokenizer.model"))
+    assert ours["model_type"] == 2 and ours["byte_fallback"] and ours["normalizer"] == "identity"  # 2 = BPE
+    assert ours["pad_id"] == -1 and not ours["remove_extra_whitespaces"] and ours["charsmap"] == b""
+    if not os.path.exists(LLAMA2_MODEL):
+        pytest.skip("../shared/models/llama2-tokenizer is absent")
+    assert ours == trainer_settings(LLAMA2_MODEL)
+
+
+def test_a_vocab_size_the_text_cannot_support_is_refused_in_one_line(tmp_path):
+    text = small_text(5)
+    with pytest.raises(TokenizerError, match=r"^vocab_size 8000 is too large for this text \(at most \d+\)$"):
+        data.train_tokenizer(text, tmp_path, 8000)
+    with pytest.raises(TokenizerError, match=r"^vocab_size 100 is too small for this text \(at least \d+: 3 special"):
+        data.train_tokenizer(text, tmp_path, 100)
+    assert not os.path.exists(tmp_path / "tokenizer.model")
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(vocab_size=0), "vocab_size must be at least 1"), (dict(vocab_size=400.0), "vocab_size must be an integer"),
+    (dict(vocab_size=True), "vocab_size must be an integer"), (dict(vocab_size=400, seed=-1), "seed must be between"),
+])
+def test_bad_arguments_are_config_errors(tmp_path, kwargs, message):
+    with pytest.raises(ConfigError, match=message):
+        data.train_tokenizer("some text", tmp_path, **kwargs)
+
+
+def test_text_without_lines_is_refused(tmp_path):
+    with pytest.raises(TokenizerError, match="every line is empty"):
+        data.train_tokenizer("\n  \n", tmp_path, 400)
+
+
+def test_the_folder_has_a_tokenizer_config_adding_bos(trained):
+    import json
+    config = json.load(open(os.path.join(trained[0], "tokenizer_config.json")))
+    assert config["add_bos_token"] is True and config["add_eos_token"] is False and config["bos_token"] == "<s>"

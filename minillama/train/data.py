@@ -27,6 +27,7 @@ import numpy as np
 
 from ..errors import ConfigError, TokenizerError
 from ..files import check_regular_file, read_limited
+from ..tokenizer import LlamaTokenizer
 
 GiB = 2**30
 CORPUS_LIMIT = 2 * GiB  # the most text read_corpus reads: 2 GiB of UTF-8 (about 400 million words)
@@ -101,6 +102,9 @@ LLAMA2_TRAINER_SETTINGS = dict(
 def train_tokenizer(text: str, out_dir, vocab_size: int, seed: int = 0) -> str:
     """Train a sentencepiece BPE tokenizer on ``text``; the path of the ``tokenizer.model`` written.
 
+    ``out_dir`` then holds ``tokenizer.model`` and the ``tokenizer_config.json`` of a Llama
+    tokenizer (BOS added, no EOS), a folder both minillama and transformers load.
+
     Each non-empty line is one sentence of the training input (every line is used, none is
     cut: ``max_sentence_length`` is the longest line). The same text, vocab_size and seed give
     a byte-identical model (two threads, a seeded generator; the seed is sentencepiece's global
@@ -130,6 +134,7 @@ def train_tokenizer(text: str, out_dir, vocab_size: int, seed: int = 0) -> str:
     with open(partial, "wb") as f:
         f.write(model.getvalue())
     os.replace(partial, path)  # a reader never sees half a model
+    LlamaTokenizer(path).save_pretrained(out_dir)  # tokenizer_config.json: transformers then adds BOS too
     return path
 
 
