@@ -212,3 +212,129 @@ def test_the_folder_has_a_tokenizer_config_adding_bos(trained):
     import json
     config = json.load(open(os.path.join(trained[0], "tokenizer_config.json")))
     assert config["add_bos_token"] is True and config["add_eos_token"] is False and config["bos_token"] == "<s>"
+
+
+# ---- encode_corpus, split_train_val ------------------------------------------------------------
+
+
+class CharTokenizer:
+    """A stand-in tokenizer: BOS = 1, each character its code point + 10."""
+
+    def encode(self, text, bos=True, eos=False):
+        return ([1] if bos else []) + [ord(c) + 10 for c in text] + ([2] if eos else [])
+
+
+def test_paragraphs_are_the_blocks_between_blank_lines():
+    text = "\n\nfirst line\nsecond line\n\n\n  \nnext  \n \t\nlast\n"
+    assert data.paragraphs(text) == ["first line\nsecond line", "next  ", "last"]
+
+
+def test_each_paragraph_starts_with_bos():
+    ids = data.encode_corpus("ab\ncd\n\n\nef\n", CharTokenizer())
+    assert ids.dtype == np.int32
+    assert ids.tolist() == [1, 107, 108, 20, 109, 110, 1, 111, 112]
+    with pytest.raises(CorpusError, match="every paragraph is empty"):
+        data.encode_corpus("\n \n", CharTokenizer())
+
+
+def test_encode_corpus_with_a_trained_tokenizer(trained):
+    from minillama import LlamaTokenizer
+    folder, text = trained
+    tok = LlamaTokenizer.from_pretrained(folder)
+    ids = data.encode_corpus(text, tok)
+    blocks = text.strip("\n").split("\n\n")
+    assert len(blocks) == 40 and int((ids == 1).sum()) == 40
+    expected = [i for block in blocks for i in [1] + tok.encode(block, bos=False)]
+    assert ids.tolist() == expected
+
+
+def test_the_validation_part_is_the_contiguous_tail():
+    ids = np.arange(100, dtype=np.int32)
+    train, val = data.split_train_val(ids)
+    assert train.tolist() == list(range(95)) and val.tolist() == list(range(95, 100))
+    train, val = data.split_train_val(ids[:10], val_fraction=0.01)  # at least one id held out
+    assert train.tolist() == list(range(9)) and val.tolist() == [9]
+    train, val = data.split_train_val(ids[:2], val_fraction=0.99)  # and at least one kept
+    assert train.tolist() == [0] and val.tolist() == [1]
+
+
+@pytest.mark.parametrize("ids, fraction, message", [
+    (np.arange(10), 0.0, "val_fraction must be"), (np.arange(10), 1.0, "val_fraction must be"),
+    (np.arange(10), True, "val_fraction must be"), (np.arange(10), "0.1", "val_fraction must be"),
+    (np.arange(1), 0.5, "cannot split 1 token"), (np.zeros((2, 5), dtype=np.int32), 0.1, "1-D integer array"),
+    (np.linspace(0, 1, 10), 0.1, "1-D integer array"),
+])
+def test_bad_splits_are_config_errors(ids, fraction, message):
+    with pytest.raises(ConfigError, match=message):
+        data.split_train_val(ids, fraction)
+
+
+# ---- batches, val_batches ----------------------------------------------------------------------
+
+
+def test_a_batch_is_windows_of_consecutive_ids_with_labels_equal_to_inputs():
+    ids = np.arange(1000, 1300, dtype=np.int32)
+    input_ids, labels = data.batches(ids, batch_size=4, seq_len=16, seed=3, step=7)
+    assert input_ids.shape == labels.shape == (4, 16) and input_ids.dtype == labels.dtype == np.int64
+    assert np.array_equal(labels, input_ids) and labels is not input_ids
+    assert np.array_equal(input_ids - input_ids[:, :1], np.broadcast_to(np.arange(16), (4, 16)))
+    assert input_ids.min() >= 1000 and input_ids.max() <= 1299
+
+
+def test_batch_k_depends_only_on_seed_and_k():
+    ids = np.arange(5000, dtype=np.int32)
+    in_order = [data.batches(ids, 8, 32, seed=1, step=k)[0] for k in range(6)]
+    resumed = data.batches(ids, 8, 32, seed=1, step=5)[0]  # no batch drawn before it
+    assert np.array_equal(resumed, in_order[5])
+    assert not np.array_equal(in_order[4], in_order[5])  # steps differ
+    assert not np.array_equal(data.batches(ids, 8, 32, seed=2, step=5)[0], in_order[5])  # seeds differ
+    np.random.seed(123)  # the global generator plays no part
+    assert np.array_equal(data.batches(ids, 8, 32, seed=1, step=5)[0], in_order[5])
+
+
+def test_offsets_cover_every_window_including_the_last():
+    ids = np.arange(10, dtype=np.int32)
+    starts = {int(row[0]) for k in range(200) for row in data.batches(ids, 4, 7, seed=0, step=k)[0]}
+    assert starts == {0, 1, 2, 3}  # 10 - 7 + 1 offsets, each reachable
+
+
+def scored_ids(ids, batch_size, seq_len):
+    """The ids val_batches scores (labels[:, 1:] not ignored), in order, and the batch row counts."""
+    scored, rows = [], []
+    for input_ids, labels in data.val_batches(ids, batch_size, seq_len):
+        assert input_ids.shape == labels.shape and input_ids.shape[1] == seq_len and labels.dtype == np.int64
+        assert np.array_equal(input_ids - input_ids[:, :1], np.broadcast_to(np.arange(seq_len), input_ids.shape))
+        kept = labels[:, 1:]
+        assert np.all((kept == input_ids[:, 1:]) | (kept == data.IGNORE_INDEX))
+        scored.extend(kept[kept != data.IGNORE_INDEX].tolist())
+        rows.append(input_ids.shape[0])
+    return scored, rows
+
+
+@pytest.mark.parametrize("n, batch_size, seq_len", [(16, 2, 4), (17, 2, 4), (8, 3, 8), (100, 4, 9), (23, 1, 2)])
+def test_val_batches_score_every_id_but_the_first_exactly_once(n, batch_size, seq_len):
+    ids = np.arange(500, 500 + n, dtype=np.int32)
+    scored, rows = scored_ids(ids, batch_size, seq_len)
+    assert scored == ids[1:].tolist()
+    assert all(r == batch_size for r in rows[:-1]) and 1 <= rows[-1] <= batch_size
+
+
+def test_val_batches_reference_layout():
+    batches = list(data.val_batches(np.arange(10, 20), batch_size=2, seq_len=4))  # windows at 0, 3 and 6
+    assert [b[0].tolist() for b in batches] == [[[10, 11, 12, 13], [13, 14, 15, 16]], [[16, 17, 18, 19]]]
+    last = list(data.val_batches(np.arange(10, 21), batch_size=4, seq_len=4))[0][1]  # windows at 0, 3, 6 and 7
+    assert last[3].tolist() == [-100, -100, -100, 20]
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(seq_len=11), "seq_len 11 is longer than the token ids \\(10\\)"), (dict(seq_len=1), "seq_len must be"),
+    (dict(batch_size=0), "batch_size must be at least 1"), (dict(step=-1), "step must be at least 0"),
+    (dict(seed=2**32), "seed must be between"), (dict(step=1.0), "step must be an integer"),
+])
+def test_bad_batch_arguments_are_config_errors(kwargs, message):
+    arguments = {**dict(batch_size=2, seq_len=4, seed=0, step=0), **kwargs}
+    with pytest.raises(ConfigError, match=message):
+        data.batches(np.arange(10), **arguments)
+    if "seed" not in kwargs and "step" not in kwargs:
+        with pytest.raises(ConfigError, match=message):
+            next(data.val_batches(np.arange(10), arguments["batch_size"], arguments["seq_len"]))
