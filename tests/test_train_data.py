@@ -338,3 +338,23 @@ def test_bad_batch_arguments_are_config_errors(kwargs, message):
     if "seed" not in kwargs and "step" not in kwargs:
         with pytest.raises(ConfigError, match=message):
             next(data.val_batches(np.arange(10), arguments["batch_size"], arguments["seq_len"]))
+
+
+# ---- the demo corpus ---------------------------------------------------------------------------
+
+
+def test_the_demo_corpus_script_writes_one_clean_paragraph_per_chapter(tmp_path):
+    import shutil
+    import subprocess
+    if shutil.which("bible") is None:
+        pytest.skip("Debian's bible-kjv is not installed (the script would install it)")
+    script = os.path.join(os.path.dirname(__file__), "..", "scripts", "get_demo_corpus.sh")
+    out = tmp_path / "kjv.txt"
+    subprocess.run(["bash", script, str(out)], check=True, capture_output=True, timeout=120)
+    text = data.read_corpus(out)
+    chapters = data.paragraphs(text)
+    assert len(chapters) == 1189 and all("\n" not in chapter for chapter in chapters)
+    assert chapters[0].startswith("In the beginning God created the heaven and the earth. And the earth was")
+    assert chapters[-1].endswith("The grace of our Lord Jesus Christ be with you all. Amen.")
+    assert "Ge1:1" not in text and not any(c.isdigit() for c in text)
+    assert 4_000_000 < len(text) < 4_300_000
