@@ -195,7 +195,8 @@ def test_a_vocab_size_the_text_cannot_support_is_refused_in_one_line(tmp_path):
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    (dict(vocab_size=0), "vocab_size must be at least 1"), (dict(vocab_size=400.0), "vocab_size must be an integer"),
+    (dict(vocab_size=0), "vocab_size must be between 1 and"), (dict(vocab_size=400.0), "vocab_size must be an integer"),
+    (dict(vocab_size=10**12), "vocab_size must be between 1 and 2147483647, got 1000000000000"),
     (dict(vocab_size=True), "vocab_size must be an integer"), (dict(vocab_size=400, seed=-1), "seed must be between"),
 ])
 def test_bad_arguments_are_config_errors(tmp_path, kwargs, message):

@@ -112,7 +112,7 @@ def train_tokenizer(text: str, out_dir, vocab_size: int, seed: int = 0) -> str:
     """
     import sentencepiece
 
-    _check_int("vocab_size", vocab_size, 1)
+    _check_int("vocab_size", vocab_size, 1, 2**31 - 1)  # sentencepiece keeps it in an int32
     _check_int("seed", seed, 0, 2**32 - 1)
     if not isinstance(text, str):
         raise TokenizerError(f"text must be a str, got {type(text).__name__}")
