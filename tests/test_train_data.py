@@ -359,3 +359,5 @@ def test_the_demo_corpus_script_writes_one_clean_paragraph_per_chapter(tmp_path)
     assert chapters[-1].endswith("The grace of our Lord Jesus Christ be with you all. Amen.")
     assert "Ge1:1" not in text and not any(c.isdigit() for c in text)
     assert 4_000_000 < len(text) < 4_300_000
+    first = data.train_tokenizer(text, tmp_path / "a", 4096)  # the full-size training is deterministic too
+    assert open(first, "rb").read() == open(data.train_tokenizer(text, tmp_path / "b", 4096), "rb").read()
