@@ -124,8 +124,8 @@ def train_tokenizer(text: str, out_dir, vocab_size: int, seed: int = 0) -> str:
     sentencepiece.set_random_generator_seed(seed)
     try:
         sentencepiece.SentencePieceTrainer.train(
-            sentence_iterator=iter(lines), model_writer=model, vocab_size=vocab_size,
-            max_sentence_length=min(max(4192, longest), 2**31 - 1), num_threads=2, minloglevel=2, **LLAMA2_TRAINER_SETTINGS)
+            sentence_iterator=iter(lines), model_writer=model, vocab_size=vocab_size, num_threads=2, minloglevel=2,
+            max_sentence_length=min(max(4192, longest), 2**31 - 1), **LLAMA2_TRAINER_SETTINGS)
     except (RuntimeError, ValueError) as problem:  # sentencepiece's failed checks and bad flags
         raise TokenizerError(_explain_training_error(str(problem), vocab_size)) from None
     os.makedirs(out_dir, exist_ok=True)
