@@ -11,6 +11,8 @@ never with a raw traceback from deep inside NumPy or the standard library:
   file and the tensor.
 * :class:`TokenizerError` (a ``ValueError``): a tokenizer file is unreadable, or a
   tokenizer request cannot be met.
+* :class:`CorpusError` (a ``ValueError``): a training text is missing, empty, not UTF-8,
+  too large, or a folder without ``.txt`` files; the message names the file.
 """
 
 from __future__ import annotations
@@ -26,3 +28,7 @@ class CheckpointError(ValueError):
 
 class TokenizerError(ValueError):
     """A tokenizer file is missing or unreadable, or a request cannot be met."""
+
+
+class CorpusError(ValueError):
+    """A training corpus is empty, not UTF-8 text, too large, or a folder without ``.txt`` files."""

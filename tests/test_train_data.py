@@ -9,7 +9,7 @@ import pytest
 
 from minillama.errors import ConfigError, TokenizerError
 from minillama.train import data
-from minillama.train.data import CorpusError
+from minillama import CorpusError
 
 # ---- read_corpus -------------------------------------------------------------------------------
 

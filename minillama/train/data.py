@@ -25,7 +25,7 @@ import re
 
 import numpy as np
 
-from ..errors import ConfigError, TokenizerError
+from ..errors import ConfigError, CorpusError, TokenizerError
 from ..files import check_regular_file, read_limited
 from ..tokenizer import LlamaTokenizer
 
@@ -34,10 +34,6 @@ CORPUS_LIMIT = 2 * GiB  # the most text read_corpus reads: 2 GiB of UTF-8 (about
 IGNORE_INDEX = -100  # a label the loss skips (transformers' convention): val_batches' already-scored tokens
 SPECIAL_PIECES = 3  # <unk>, <s>, </s>
 BYTE_PIECES = 256  # byte fallback: <0x00> ... <0xFF>
-
-
-class CorpusError(ValueError):
-    """A training corpus is empty, not UTF-8 text, too large, or a folder without ``.txt`` files."""
 
 
 # ---- 1. reading the corpus ---------------------------------------------------------------------
