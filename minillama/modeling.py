@@ -35,6 +35,7 @@ class LlamaOutput:
     last_hidden_state: object = None  # (batch, seq, hidden)
     hidden_states: tuple | None = None  # num_hidden_layers + 1 arrays of (batch, seq, hidden)
     attentions: tuple | None = None  # num_hidden_layers arrays of (batch, heads, seq, seq)
+    loss: float | None = None  # with labels=: the mean next-token cross-entropy, as transformers' loss
 
     def __getitem__(self, key):
         return getattr(self, key)
@@ -174,6 +175,31 @@ class LlamaPreTrainedModel:
         """Hugging Face name -> the live parameter array (a tied LM head appears once, as the embedding)."""
         return state_dict_names(self.weights, self.config)
 
+    def load_state_dict(self, state_dict: dict, strict: bool = True) -> None:
+        """Copy arrays into the live parameters by Hugging Face name (shapes must match).
+
+        strict: every parameter must be given and no unknown name may appear, as torch's
+        ``load_state_dict``. Values are copied in place, so views (and an optimizer holding the
+        parameter arrays) stay valid; a tied LM head is loaded through the embedding's name.
+        """
+        params = self.state_dict()
+        unknown = sorted(set(state_dict) - set(params))
+        missing = sorted(set(params) - set(state_dict))
+        if strict and (unknown or missing):
+            raise ValueError(f"load_state_dict: missing {missing[:3]}, unexpected {unknown[:3]}"
+                             + (" (tied LM head: load it as model.embed_tokens.weight)" if "lm_head.weight" in unknown else ""))
+        for name, value in state_dict.items():
+            if name not in params:
+                continue
+            target = params[name]
+            if not getattr(getattr(target, "flags", None), "writeable", True):
+                raise ValueError(f"load_state_dict: {name} is a read-only memory map of the checkpoint file; "
+                                 "load the model with a compute dtype that copies it, or copy the weights first")
+            value = to_backend(np.asarray(value), self.xp) if isinstance(value, np.ndarray) else value
+            if tuple(value.shape) != tuple(target.shape):
+                raise ValueError(f"load_state_dict: {name} has shape {tuple(value.shape)}, the model needs {tuple(target.shape)}")
+            target[...] = self.xp.astype(value, target.dtype, copy=False)
+
     def num_parameters(self) -> int:
         return sum(int(np.prod(array.shape)) for array in self.state_dict().values())
 
@@ -196,16 +222,25 @@ class LlamaForCausalLM(LlamaPreTrainedModel):
 
     def forward(self, input_ids, attention_mask=None, position_ids=None,
                 output_hidden_states: bool = False, output_attentions: bool = False, cache=None,
-                logits_to_keep: int = 0) -> LlamaOutput:
+                logits_to_keep: int = 0, labels=None) -> LlamaOutput:
         """cache: a KVCache from ``new_cache``; input_ids are then the new tokens only and
         attention_mask covers the cached positions and the new ones.
-        logits_to_keep: compute logits for only the last N positions (0: all), as generation needs."""
-        _, x, hidden, attns = self._run(input_ids, attention_mask, position_ids, output_hidden_states,
-                                        output_attentions, cache)
+        logits_to_keep: compute logits for only the last N positions (0: all), as generation needs.
+        labels: (batch, seq) ids, -100 where ignored: ``loss`` is then transformers' causal LM loss
+        (logits at t predict labels at t + 1, mean over the labels not ignored) as a Python float;
+        ``minillama.train.loss_and_grads`` gives its gradients."""
+        ids, x, hidden, attns = self._run(input_ids, attention_mask, position_ids, output_hidden_states,
+                                          output_attentions, cache)
         lm_head = self.weights.ready(self.weights.lm_head)
         last = x[:, -logits_to_keep:, :] if logits_to_keep else x
         logits = F.linear_sliced(last, lm_head, slices=self.config.pretraining_tp)  # (batch, seq or N, vocab)
-        return LlamaOutput(logits=logits, last_hidden_state=x, hidden_states=hidden, attentions=attns)
+        loss = None
+        if labels is not None:
+            labels = self._as_int_array(labels, "labels")
+            if tuple(labels.shape) != tuple(logits.shape[:2]):
+                raise ValueError(f"labels has shape {tuple(labels.shape)}, but the logits cover {tuple(logits.shape[:2])}")
+            loss = float(F.causal_lm_loss(logits, labels))
+        return LlamaOutput(logits=logits, last_hidden_state=x, hidden_states=hidden, attentions=attns, loss=loss)
 
     def generate(self, input_ids, attention_mask=None, max_new_tokens: int | None = None, max_length: int | None = None,
                  do_sample: bool | None = None, temperature: float | None = None, top_k: int | None = None,

@@ -561,3 +561,51 @@ def test_hf_methods_on_the_strict_backend(tiny, tmp_path):
     reference.save_pretrained(tmp_path / "numpy")
     assert open(tmp_path / "strict" / "model.safetensors", "rb").read() == \
         open(tmp_path / "numpy" / "model.safetensors", "rb").read()
+
+
+def test_forward_with_labels_returns_the_shifted_mean_loss(tiny):
+    model = minillama.load(tiny, dtype="float64")
+    ids = np.random.default_rng(0).integers(0, 512, size=(2, 9))
+    labels = ids.copy()
+    labels[0, 3] = -100
+    out = model(ids, labels=labels)
+    logits = np.asarray(out.logits)[:, :-1]  # position t predicts label t + 1
+    log_probs = logits - logits.max(-1, keepdims=True)
+    log_probs = log_probs - np.log(np.exp(log_probs).sum(-1, keepdims=True))
+    target = labels[:, 1:]
+    kept = target != -100
+    expected = -log_probs[kept, target[kept]].mean()
+    assert isinstance(out.loss, float) and abs(out.loss - expected) < 1e-12
+    assert model(ids).loss is None
+    with pytest.raises(ValueError, match="labels has shape"):
+        model(ids, labels=labels[:, :4])
+
+
+def test_forward_loss_equals_transformers(tmp_path):
+    torch = pytest.importorskip("torch")
+    from conftest import make_hf_checkpoint
+    reference = make_hf_checkpoint(tmp_path, num_key_value_heads=2)
+    ids = np.random.default_rng(1).integers(0, 96, size=(2, 12))
+    labels = ids.copy()
+    labels[1, :5] = -100
+    with torch.no_grad():
+        expected = float(reference(torch.as_tensor(ids), labels=torch.as_tensor(labels)).loss)
+    assert abs(minillama.load(tmp_path)(ids, labels=labels).loss - expected) < 1e-5
+
+
+def test_load_state_dict_copies_in_place(tiny, tmp_path):
+    model = minillama.load(tiny, dtype="float64")
+    other = minillama.load(tiny, dtype="float64")
+    ids = np.array([[1, 5, 9, 200]])
+    params = model.state_dict()
+    new = {name: np.asarray(p) * 0.5 for name, p in params.items()}
+    other.load_state_dict(new)
+    q = other.state_dict()["model.layers.0.self_attn.q_proj.weight"]
+    np.testing.assert_array_equal(np.asarray(q), new["model.layers.0.self_attn.q_proj.weight"])
+    assert not np.array_equal(np.asarray(other(ids).logits), np.asarray(model(ids).logits))
+    other.load_state_dict({name: np.asarray(p) for name, p in params.items()})
+    np.testing.assert_array_equal(np.asarray(other(ids).logits), np.asarray(model(ids).logits))
+    with pytest.raises(ValueError, match="missing"):
+        other.load_state_dict({"model.norm.weight": new["model.norm.weight"]})
+    with pytest.raises(ValueError, match="has shape"):
+        other.load_state_dict({**new, "model.norm.weight": np.zeros(3)})
