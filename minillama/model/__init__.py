@@ -11,9 +11,9 @@ Nothing here imports ``minillama.fast``; the classes users call (``LlamaForCausa
 
 from .cache import KVCache
 from .forward import (REFERENCE, Assembly, attention_heads, decoder_layer, last_token_index, llama_forward, mlp,
-                      output_projection, rotary_tables, self_attention)
-from .weights import LayerWeights, Weights, load_weights, state_dict_names
+                      output_projection, project, rotary_tables, self_attention)
+from .weights import LayerWeights, LoraAdapter, Weights, load_weights, state_dict_names
 
-__all__ = ["KVCache", "Assembly", "REFERENCE", "attention_heads", "output_projection", "self_attention", "mlp",
-           "decoder_layer", "rotary_tables", "llama_forward", "last_token_index", "LayerWeights", "Weights",
-           "load_weights", "state_dict_names"]
+__all__ = ["KVCache", "Assembly", "REFERENCE", "attention_heads", "output_projection", "project", "self_attention",
+           "mlp", "decoder_layer", "rotary_tables", "llama_forward", "last_token_index", "LayerWeights", "LoraAdapter",
+           "Weights", "load_weights", "state_dict_names"]
