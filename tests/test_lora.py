@@ -245,18 +245,33 @@ def test_adamw_steps_change_only_the_adapters(tiny, backend):
 
 # --- merging ---------------------------------------------------------------------------------------
 
-def test_merge_lora_keeps_the_logits(tiny):
-    model = minillama.load(tiny)  # float32, the fused layout underneath
+@pytest.mark.parametrize("assembly", [None, "reference"])  # the fused layout; read-only mapped weights
+def test_merge_lora_keeps_the_logits(tiny, backend, assembly):
+    if backend != "numpy" and assembly is None:
+        pytest.skip("the default assembly off NumPy is the reference")
+    model = minillama.load(tiny, backend=backend, assembly=assembly)  # float32
     add_lora(model, r=4, alpha=8, target_modules=ALL)
     randomize_B(model, size=0.5)
     ids, mask, _, _ = batch(vocab=model.config.vocab_size)
     before = logits_of(model, ids, mask)
-    assert np.max(np.abs(before - logits_of(minillama.load(tiny), ids, mask))) > 1e-2
+    assert np.max(np.abs(before - logits_of(minillama.load(tiny, backend=backend), ids, mask))) > 1e-2
     assert merge_lora(model) is model
     assert all(layer.lora is None for layer in model.weights.layers) and lora_parameters(model) == {}
     np.testing.assert_allclose(logits_of(model, ids, mask), before, rtol=1e-5, atol=1e-5)
     _, grads = loss_and_grads(model, ids, attention_mask=mask)  # a plain model again: every weight trains
     assert "model.embed_tokens.weight" in grads and not any(".lora_" in name for name in grads)
+
+
+def test_generation_with_adapters_equals_the_merged_model(tiny):
+    # Decoding runs the KV cache path: every step must see the adapters too.
+    model = minillama.load(tiny, dtype="float64")
+    add_lora(model, target_modules=ALL)
+    randomize_B(model, size=1.0)
+    prompt = [[5, 17, 3, 99]]
+    with_adapters = model.generate(prompt, max_new_tokens=8)
+    plain = minillama.load(tiny, dtype="float64").generate(prompt, max_new_tokens=8)
+    assert not np.array_equal(with_adapters, plain)
+    np.testing.assert_array_equal(merge_lora(model).generate(prompt, max_new_tokens=8), with_adapters)
 
 
 # --- peft's files ----------------------------------------------------------------------------------
@@ -416,3 +431,26 @@ def test_saved_adapter_loads_in_peft_with_equal_logits(tmp_path):
         merged_logits = merged(input_ids=torch.as_tensor(ids), attention_mask=torch.as_tensor(mask)).logits.double()
     merge_lora(model)
     assert relative(logits_of(model, ids, mask)[mask == 1], merged_logits.numpy()[mask == 1]) <= 1e-4
+
+
+def test_a_peft_saved_adapter_loads_with_equal_logits(tmp_path):
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("transformers")
+    peft = pytest.importorskip("peft")
+    from conftest import make_hf_checkpoint
+    reference = make_hf_checkpoint(tmp_path / "base", num_attention_heads=4, num_key_value_heads=2)
+    wrapped = peft.get_peft_model(reference, peft.LoraConfig(r=3, lora_alpha=5, target_modules=["k_proj", "down_proj"],
+                                                             lora_dropout=0.1, task_type="CAUSAL_LM"))
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name, p in wrapped.named_parameters():
+            if "lora_B" in name:
+                p.copy_(0.3 * torch.randn(p.shape, generator=g))
+    wrapped.save_pretrained(tmp_path / "adapter")
+    model = minillama.load(tmp_path / "base")
+    adapters = load_lora(model, tmp_path / "adapter")
+    assert len(adapters) == 2 * 2 * model.config.num_hidden_layers
+    ids, mask, _, _ = batch()
+    with torch.no_grad():
+        expected = wrapped.eval()(input_ids=torch.as_tensor(ids), attention_mask=torch.as_tensor(mask)).logits
+    assert relative(logits_of(model, ids, mask)[mask == 1], expected.double().numpy()[mask == 1]) <= 1e-4

@@ -127,9 +127,9 @@ def merge_lora(model):
         for field, adapter in (layer.lora or {}).items():
             weight = getattr(layer, field)  # (out, in)
             merged = weight + (adapter.lora_B @ adapter.lora_A) * adapter.scale
-            if getattr(getattr(weight, "flags", None), "writeable", True):
-                weight[...] = merged
-            else:
+            try:
+                weight[...] = merged  # in place: views of it (the fused layouts) stay consistent
+            except ValueError:  # a read-only memory map of the checkpoint file: a new array instead
                 setattr(layer, field, merged)
         layer.lora = None
     return model
@@ -191,11 +191,14 @@ def save_lora(model, save_directory) -> list[str]:
     return written
 
 
-# adapter_config.json fields minillama cannot honour, with the value that means "not used".
+# adapter_config.json fields that change what the adapters compute, which minillama cannot honour,
+# with the value that means "not used" (a missing field is not used). Dropout only acts in training
+# and is not applied; initialisation choices (init_lora_weights, ...) no longer matter once trained.
 UNSUPPORTED = {"use_dora": False, "use_rslora": False, "fan_in_fan_out": False, "lora_bias": False, "bias": "none",
                "rank_pattern": {}, "alpha_pattern": {}, "layers_to_transform": None, "modules_to_save": None,
                "target_parameters": None, "trainable_token_indices": None, "layer_replication": None,
-               "exclude_modules": None}
+               "exclude_modules": None, "alora_invocation_tokens": None, "use_bdlora": None, "arrow_config": None,
+               "monteclora_config": None, "kasa_config": None}
 
 
 def read_adapter_config(path: str) -> tuple:
