@@ -17,6 +17,7 @@ from minillama.errors import CheckpointError, ConfigError
 from minillama.formats.safetensors import read_safetensors, write_safetensors
 from minillama.model.forward import project
 from minillama.train import AdamW, add_lora, load_lora, loss_and_grads, lora_parameters, merge_lora, save_lora
+from reference_cases import VARIANTS
 from test_train_grads import batch, float64_reference, relative
 
 ALL = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -153,7 +154,7 @@ def test_bad_add_lora_arguments_are_refused(tiny):
     for kwargs, message in ((dict(r=0), "r must be"), (dict(alpha=float("nan")), "lora_alpha"),
                             (dict(target_modules="q_proj"), "target_modules"),
                             (dict(target_modules=["lm_head"]), "target_modules"),
-                            (dict(target_modules=[]), "target_modules")):
+                            (dict(target_modules=[]), "target_modules"), (dict(seed=-1), "seed")):
         with pytest.raises(ValueError, match=message):
             add_lora(model, **kwargs)
     assert model.assembly.name == "cpu"  # nothing changed
@@ -379,13 +380,14 @@ def peft_model_with_our_adapters(reference, model, targets, r, alpha):
     return wrapped, theirs
 
 
+@pytest.mark.parametrize("variant", ["gqa_4to1", "biases", "tied_embeddings"])
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
-def test_loss_and_adapter_gradients_equal_peft(tmp_path, monkeypatch, dtype):
+def test_loss_and_adapter_gradients_equal_peft(tmp_path, monkeypatch, dtype, variant):
     torch = pytest.importorskip("torch")
     pytest.importorskip("transformers")
     pytest.importorskip("peft")
     from conftest import make_hf_checkpoint
-    reference = make_hf_checkpoint(tmp_path, num_attention_heads=4, num_key_value_heads=2)
+    reference = make_hf_checkpoint(tmp_path, **VARIANTS[variant])
     if dtype == "float64":
         reference = float64_reference(reference, monkeypatch, minillama.LlamaConfig.from_pretrained(tmp_path))
     model = minillama.load(tmp_path, dtype=dtype)
@@ -454,3 +456,30 @@ def test_a_peft_saved_adapter_loads_with_equal_logits(tmp_path):
     with torch.no_grad():
         expected = wrapped.eval()(input_ids=torch.as_tensor(ids), attention_mask=torch.as_tensor(mask)).logits
     assert relative(logits_of(model, ids, mask)[mask == 1], expected.double().numpy()[mask == 1]) <= 1e-4
+
+
+def test_a_bare_llama_model_uses_peft_names_without_the_model_prefix(tmp_path):
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    peft = pytest.importorskip("peft")
+    from conftest import make_hf_checkpoint
+    make_hf_checkpoint(tmp_path / "base", cls_name="LlamaModel")
+    reference = transformers.LlamaModel.from_pretrained(tmp_path / "base", dtype=torch.float32,
+                                                        attn_implementation="eager").eval()
+    model = minillama.load(tmp_path / "base")
+    assert type(model).__name__ == "LlamaModel"
+    add_lora(model, target_modules=("q_proj", "gate_proj"))
+    randomize_B(model)
+    save_lora(model, tmp_path / "adapter")
+    names = set(read_safetensors(tmp_path / "adapter" / "adapter_model.safetensors"))
+    assert "base_model.model.layers.0.self_attn.q_proj.lora_A.weight" in names
+    wrapped = peft.PeftModel.from_pretrained(reference, str(tmp_path / "adapter")).eval()
+    ids, mask, _, _ = batch()
+    with torch.no_grad():
+        expected = wrapped(input_ids=torch.as_tensor(ids), attention_mask=torch.as_tensor(mask)).last_hidden_state
+    ours = np.asarray(to_numpy(model(ids, attention_mask=mask).last_hidden_state), dtype=np.float64)
+    assert relative(ours[mask == 1], expected.double().numpy()[mask == 1]) <= 1e-4
+    again = minillama.load(tmp_path / "base")
+    load_lora(again, tmp_path / "adapter")
+    np.testing.assert_array_equal(to_numpy(again(ids, attention_mask=mask).last_hidden_state), to_numpy(
+        model(ids, attention_mask=mask).last_hidden_state))

@@ -40,6 +40,8 @@ TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down
 PEFT_PREFIX = "base_model.model."
 CONFIG_FILE, WEIGHTS_FILE = "adapter_config.json", "adapter_model.safetensors"
 PARTS = ("lora_A", "lora_B")
+# peft's task_type by model class; classification is left out: peft would then expect a trained score head.
+TASK_TYPES = {"LlamaForCausalLM": "CAUSAL_LM", "LlamaModel": "FEATURE_EXTRACTION"}
 
 
 def adapter_name(layer: int, field: str, part: str) -> str:
@@ -99,6 +101,8 @@ def add_lora(model, r: int = 8, alpha: float = 16, target_modules=("q_proj", "v_
     """
     _check_trainable(model)
     r, alpha, targets = _check_settings(r, alpha, target_modules)
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
     if any(layer.lora for layer in model.weights.layers):
         raise ValueError("the model already has LoRA adapters: merge_lora them first, or load_lora to replace them")
     rng = np.random.default_rng(seed)
@@ -143,7 +147,7 @@ def peft_config(model) -> dict:
     adapter = next(iter(first.values()))
     alpha = adapter.alpha
     return {
-        "peft_type": "LORA", "task_type": "CAUSAL_LM", "base_model_name_or_path": None, "revision": None,
+        "peft_type": "LORA", "task_type": TASK_TYPES.get(type(model).__name__), "base_model_name_or_path": None, "revision": None,
         "inference_mode": True, "r": adapter.lora_A.shape[0],
         "lora_alpha": int(alpha) if float(alpha).is_integer() else alpha,
         "target_modules": [field for field in TARGETS if field in first], "lora_dropout": 0.0,
