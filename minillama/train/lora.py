@@ -147,8 +147,8 @@ def peft_config(model) -> dict:
     adapter = next(iter(first.values()))
     alpha = adapter.alpha
     return {
-        "peft_type": "LORA", "task_type": TASK_TYPES.get(type(model).__name__), "base_model_name_or_path": None, "revision": None,
-        "inference_mode": True, "r": adapter.lora_A.shape[0],
+        "peft_type": "LORA", "task_type": TASK_TYPES.get(type(model).__name__), "base_model_name_or_path": None,
+        "revision": None, "inference_mode": True, "r": adapter.lora_A.shape[0],
         "lora_alpha": int(alpha) if float(alpha).is_integer() else alpha,
         "target_modules": [field for field in TARGETS if field in first], "lora_dropout": 0.0,
         "bias": "none", "fan_in_fan_out": False, "use_rslora": False, "use_dora": False, "lora_bias": False,
