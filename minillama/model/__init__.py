@@ -1,8 +1,9 @@
 """The reference assembly of a Llama model: weights, the forward pass and the KV cache.
 
-* ``weights``: ``LayerWeights`` / ``Weights`` (named projections, eager or lazy) and ``load_weights``.
-* ``forward``: ``self_attention``, ``mlp``, ``decoder_layer``, ``llama_forward``, and the ``Assembly``
-  record through which ``minillama.fast`` replaces a block with a faster equivalent.
+* ``weights``: ``LayerWeights`` / ``Weights`` (named projections, eager or lazy), ``LoraAdapter`` and ``load_weights``.
+* ``forward``: ``project`` (one projection, with its LoRA adapter if any), ``self_attention``, ``mlp``,
+  ``decoder_layer``, ``llama_forward``, and the ``Assembly`` record through which ``minillama.fast``
+  replaces a block with a faster equivalent.
 * ``cache``: ``KVCache``.
 
 Nothing here imports ``minillama.fast``; the classes users call (``LlamaForCausalLM``, ...) live in
