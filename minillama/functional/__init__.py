@@ -10,6 +10,7 @@ One file per idea, each matching a notebook; the backward of each forward sits b
 * ``attention``: ``attention_mask`` (causal + padding), grouped-query ``attention`` and ``attention_backward``
 * ``mlp``: ``swiglu_mlp`` and ``swiglu_mlp_backward``
 * ``loss``: ``cross_entropy``, ``causal_lm_loss`` (transformers' shifted LM loss) and their backwards
+* ``lora``: ``lora_delta`` (a LoRA adapter's low-rank update of a projection) and ``lora_delta_backward``
 
 Every function is written against the array namespace of its inputs (``xp``), so it runs on
 NumPy, CuPy and the strict Array API stand-in alike. ``from minillama import functional as F``
@@ -18,6 +19,7 @@ gives them all. Nothing here knows about speed arrangements (``minillama.fast``)
 
 from .attention import attention, attention_backward, attention_mask
 from .basics import embedding, embedding_backward, linear, linear_backward, linear_sliced, silu, silu_backward, softmax
+from .lora import lora_delta, lora_delta_backward
 from .loss import causal_lm_loss, causal_lm_loss_backward, cross_entropy, cross_entropy_backward
 from .mlp import swiglu_mlp, swiglu_mlp_backward
 from .norm import rms_norm, rms_norm_backward
@@ -31,4 +33,5 @@ __all__ = [
     "embedding_backward", "linear_backward", "silu_backward", "rms_norm_backward", "swiglu_mlp_backward",
     "apply_rotary_backward", "apply_rotary_interleaved_backward", "attention_backward",
     "cross_entropy", "cross_entropy_backward", "causal_lm_loss", "causal_lm_loss_backward",
+    "lora_delta", "lora_delta_backward",
 ]

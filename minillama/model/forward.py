@@ -10,7 +10,8 @@ Data flows through a forward pass like this:
       -> rms_norm                                       last_hidden_state
       -> lm_head (or score, for classification)         logits (batch, seq, vocab)
 
-This is the reference assembly: one path per block, written for reading. A speed
+Every projection goes through :func:`project`, which adds a LoRA adapter's update when the
+layer has one. This is the reference assembly: one path per block, written for reading. A speed
 arrangement (``minillama.fast``) replaces :func:`self_attention` or :func:`mlp` as a whole,
 through an :class:`Assembly` chosen once when a model is loaded; nothing here branches on speed.
 """
@@ -24,6 +25,19 @@ from .. import functional as F
 from ..backend import namespace_of
 
 
+def project(x, w, field: str, slices: int = 1, split: str = "out"):
+    """x through the layer's projection ``field`` ("q_proj", ..., "down_proj") and its bias, plus
+    the LoRA update (alpha / r) B A x when an adapter is attached to it.
+
+    x: (..., in) -> (..., out); slices and split as in ``F.linear_sliced`` (pretraining_tp).
+    """
+    y = F.linear_sliced(x, getattr(w, field), getattr(w, field.replace("_proj", "_bias")), slices, split)
+    adapter = w.lora.get(field) if w.lora else None
+    if adapter is None:
+        return y
+    return y + F.lora_delta(x, adapter.lora_A, adapter.lora_B, adapter.scale)
+
+
 def attention_heads(x, w, config, cos, sin):
     """Project x to queries, keys and values, split them into heads, and rotate q and k.
 
@@ -32,9 +46,9 @@ def attention_heads(x, w, config, cos, sin):
     xp = namespace_of(x)
     batch, seq, _ = x.shape
     heads, kv_heads, head_dim, tp = config.num_attention_heads, config.num_key_value_heads, config.head_dim, config.pretraining_tp
-    q = F.linear_sliced(x, w.q_proj, w.q_bias, tp)  # (batch, seq, heads * head_dim)
-    k = F.linear_sliced(x, w.k_proj, w.k_bias, tp)  # (batch, seq, kv_heads * head_dim)
-    v = F.linear_sliced(x, w.v_proj, w.v_bias, tp)
+    q = project(x, w, "q_proj", tp)  # (batch, seq, heads * head_dim)
+    k = project(x, w, "k_proj", tp)  # (batch, seq, kv_heads * head_dim)
+    v = project(x, w, "v_proj", tp)
     # Split the features into heads and put heads before positions.
     q = xp.permute_dims(xp.reshape(q, (batch, seq, heads, head_dim)), (0, 2, 1, 3))  # (batch, heads, seq, head_dim)
     k = xp.permute_dims(xp.reshape(k, (batch, seq, kv_heads, head_dim)), (0, 2, 1, 3))  # (batch, kv_heads, seq, head_dim)
@@ -50,7 +64,7 @@ def output_projection(out, w, config):
     xp = namespace_of(out)
     batch, heads, seq, head_dim = out.shape
     merged = xp.reshape(xp.permute_dims(out, (0, 2, 1, 3)), (batch, seq, heads * head_dim))
-    return F.linear_sliced(merged, w.o_proj, w.o_bias, config.pretraining_tp, split="in")
+    return project(merged, w, "o_proj", config.pretraining_tp, split="in")
 
 
 def self_attention(x, w, config, cos, sin, mask, cache=None, layer: int = 0, want_probs: bool = True):
@@ -69,14 +83,15 @@ def self_attention(x, w, config, cos, sin, mask, cache=None, layer: int = 0, wan
 
 
 def mlp(x, w, config):
-    """The SwiGLU feed-forward block of one layer. x: (batch, seq, hidden)."""
+    """The SwiGLU feed-forward block of one layer, down(silu(gate(x)) * up(x)). x: (batch, seq, hidden).
+
+    ``F.swiglu_mlp`` written out, so that each projection can carry a LoRA adapter and, with
+    pretraining_tp > 1, be computed in slices as the checkpoint was trained.
+    """
     tp = config.pretraining_tp
-    if tp == 1:
-        return F.swiglu_mlp(x, w.gate_proj, w.up_proj, w.down_proj, w.gate_bias, w.up_bias, w.down_bias)
-    # pretraining_tp > 1: the same block with each product computed in slices, as the checkpoint was trained.
-    gate = F.silu(F.linear_sliced(x, w.gate_proj, w.gate_bias, tp))
-    up = F.linear_sliced(x, w.up_proj, w.up_bias, tp)
-    return F.linear_sliced(gate * up, w.down_proj, w.down_bias, tp, split="in")
+    gate = F.silu(project(x, w, "gate_proj", tp))  # (batch, seq, intermediate)
+    up = project(x, w, "up_proj", tp)
+    return project(gate * up, w, "down_proj", tp, split="in")  # (batch, seq, hidden)
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,8 @@
 """The weights of a Llama model: one dataclass per decoder layer, and the loader that fills them.
 
 The fields are the named projections of the checkpoint (``q_proj``, ``gate_proj``, ...),
-stored (out_features, in_features) as PyTorch stores them. Weights are eager by default
+stored (out_features, in_features) as PyTorch stores them, and optionally LoRA adapters on
+some of them (``LayerWeights.lora``, attached by ``minillama.train.add_lora``). Weights are eager by default
 (every array on the backend in the compute dtype) or lazy (kept memory-mapped in their
 stored dtype and upcast one layer at a time, see :class:`Weights`).
 """
@@ -39,6 +40,20 @@ class LayerWeights:
     gate_bias: object = None
     up_bias: object = None
     down_bias: object = None
+    lora: dict | None = None  # projection field ("q_proj", ...) -> LoraAdapter, when LoRA adapters are attached
+
+
+@dataclass
+class LoraAdapter:
+    """A trainable low-rank update of one projection: W x + (alpha / r) B A x (see ``functional.lora``)."""
+
+    lora_A: object  # (r, in_features)
+    lora_B: object  # (out_features, r)
+    alpha: float  # peft's lora_alpha; the update is scaled by alpha / r
+
+    @property
+    def scale(self) -> float:
+        return self.alpha / self.lora_A.shape[0]
 
 
 @dataclass

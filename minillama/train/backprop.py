@@ -11,6 +11,10 @@ Memory: per layer the forward keeps its input and the few intermediates its back
 (the normed inputs, rotated queries and keys, values, attention probabilities, merged heads).
 With ``recompute=True`` only each layer's input is kept and the rest is computed again, one
 layer at a time, during the backward (activation checkpointing): less memory, one more forward.
+
+LoRA: a model with adapters (``train.add_lora``) is "frozen": only the adapters get gradients.
+The backward then still carries the gradient through every weight (grad_x = grad_y W) but skips
+the products that would give the frozen weights' own gradients (grad_W = grad_y^T x).
 """
 
 from __future__ import annotations
@@ -20,7 +24,8 @@ from dataclasses import dataclass
 from .. import functional as F
 from ..backend import namespace_of
 from ..formats.names import LAYER_NAMES
-from ..model.forward import rotary_tables
+from ..model.forward import mlp, project, rotary_tables
+from .lora import adapter_name
 
 
 @dataclass
@@ -54,34 +59,57 @@ def attention_forward(x, w, config, cos, sin, mask):
     """The attention block (norm, projections, rotary, attention, o_proj) -> (output, AttentionSaved)."""
     c = config
     normed = F.rms_norm(x, w.attn_norm, c.rms_norm_eps)
-    q = F.apply_rotary(split_heads(F.linear(normed, w.q_proj, w.q_bias), c.num_attention_heads, c.head_dim), cos, sin)
-    k = F.apply_rotary(split_heads(F.linear(normed, w.k_proj, w.k_bias), c.num_key_value_heads, c.head_dim), cos, sin)
-    v = split_heads(F.linear(normed, w.v_proj, w.v_bias), c.num_key_value_heads, c.head_dim)
+    q = F.apply_rotary(split_heads(project(normed, w, "q_proj"), c.num_attention_heads, c.head_dim), cos, sin)
+    k = F.apply_rotary(split_heads(project(normed, w, "k_proj"), c.num_key_value_heads, c.head_dim), cos, sin)
+    v = split_heads(project(normed, w, "v_proj"), c.num_key_value_heads, c.head_dim)
     out, probs = F.attention(q, k, v, mask)  # (batch, heads, seq, head_dim)
     merged = merge_heads(out)
-    return F.linear(merged, w.o_proj, w.o_bias), AttentionSaved(x, normed, q, k, v, probs, merged)
+    return project(merged, w, "o_proj"), AttentionSaved(x, normed, q, k, v, probs, merged)
 
 
-def attention_backward(grad_out, w, config, cos, sin, mask, s: AttentionSaved):
-    """grad of the attention block's output (batch, seq, hidden) -> (grad of its input x, weight grads by field)."""
-    c = config
+def projection_backward(grad_y, x, w, field: str, frozen: bool = False):
+    """grad of ``project(x, w, field)`` (..., out) -> (grad of x (..., in), grads by key).
+
+    Keys: the weight's and bias's fields ("q_proj", "q_bias"), left out when ``frozen`` (and their
+    products not computed), and the adapter's "q_proj.lora_A", "q_proj.lora_B" when it has one.
+    """
+    weight, bias_field = getattr(w, field), field.replace("_proj", "_bias")
     grads = {}
-    grad_merged, grads["o_proj"], grads["o_bias"] = F.linear_backward(grad_out, s.merged, w.o_proj, w.o_bias)
+    if frozen:
+        grad_x = grad_y @ weight  # (..., in); grad_W = grad_y^T x is not needed
+    else:
+        grad_x, grads[field], grads[bias_field] = F.linear_backward(grad_y, x, weight, getattr(w, bias_field))
+    adapter = w.lora.get(field) if w.lora else None
+    if adapter is not None:
+        grad_x_lora, grads[f"{field}.lora_A"], grads[f"{field}.lora_B"] = F.lora_delta_backward(
+            grad_y, x, adapter.lora_A, adapter.lora_B, adapter.scale)
+        grad_x = grad_x + grad_x_lora
+    return grad_x, grads
+
+
+def attention_backward(grad_out, w, config, cos, sin, mask, s: AttentionSaved, frozen: bool = False):
+    """grad of the attention block's output (batch, seq, hidden) -> (grad of its input x, weight grads by key)."""
+    c = config
+    grad_merged, grads = projection_backward(grad_out, s.merged, w, "o_proj", frozen)
     grad_heads = split_heads(grad_merged, c.num_attention_heads, c.head_dim)  # (batch, heads, seq, head_dim)
     grad_q, grad_k, grad_v = F.attention_backward(grad_heads, s.q, s.k, s.v, mask, s.probs)
     grad_normed = 0.0
     for name, grad in (("q", F.apply_rotary_backward(grad_q, cos, sin)), ("k", F.apply_rotary_backward(grad_k, cos, sin)),
                        ("v", grad_v)):
-        grad_in, grads[f"{name}_proj"], grads[f"{name}_bias"] = F.linear_backward(
-            merge_heads(grad), s.normed, getattr(w, f"{name}_proj"), getattr(w, f"{name}_bias"))
+        grad_in, projection_grads = projection_backward(merge_heads(grad), s.normed, w, f"{name}_proj", frozen)
+        grads.update(projection_grads)
         grad_normed = grad_normed + grad_in
     grad_x, grads["attn_norm"] = F.rms_norm_backward(grad_normed, s.x, w.attn_norm, c.rms_norm_eps)
     return grad_x, grads
 
 
-def mlp_backward(grad_out, w, config, h):
-    """grad of the MLP block's output -> (grad of its input h, weight grads by field); h is the block input."""
+def mlp_backward(grad_out, w, config, h, frozen: bool = False):
+    """grad of the MLP block's output -> (grad of its input h, weight grads by key); h is the block input."""
     normed = F.rms_norm(h, w.mlp_norm, config.rms_norm_eps)
+    if frozen or w.lora:
+        grad_normed, grads = adapted_mlp_backward(grad_out, w, normed, frozen)
+        grad_h, grads["mlp_norm"] = F.rms_norm_backward(grad_normed, h, w.mlp_norm, config.rms_norm_eps)
+        return grad_h, grads
     parts = F.swiglu_mlp_backward(grad_out, normed, w.gate_proj, w.up_proj, w.down_proj,
                                   w.gate_bias, w.up_bias, w.down_bias)
     grads = {key: parts.get(key) for key in ("gate_proj", "up_proj", "down_proj", "gate_bias", "up_bias", "down_bias")}
@@ -89,23 +117,42 @@ def mlp_backward(grad_out, w, config, h):
     return grad_h, grads
 
 
+def adapted_mlp_backward(grad_out, w, normed, frozen: bool):
+    """``F.swiglu_mlp_backward`` written out through :func:`projection_backward`, for LoRA adapters
+    and frozen weights -> (grad of normed, grads by key)."""
+    gate_in = project(normed, w, "gate_proj")  # (..., intermediate)
+    gate, up = F.silu(gate_in), project(normed, w, "up_proj")
+    grad_hidden, grads = projection_backward(grad_out, gate * up, w, "down_proj", frozen)
+    grad_from_gate, gate_grads = projection_backward(F.silu_backward(grad_hidden * up, gate_in), normed, w,
+                                                     "gate_proj", frozen)
+    grad_from_up, up_grads = projection_backward(grad_hidden * gate, normed, w, "up_proj", frozen)
+    grads.update(gate_grads)
+    grads.update(up_grads)
+    return grad_from_gate + grad_from_up, grads
+
+
 def layer_forward(x, w, config, cos, sin, mask):
     """One decoder layer, as decoder_layer computes it -> (output, what its backward needs)."""
     attn_out, saved = attention_forward(x, w, config, cos, sin, mask)
     h = x + attn_out
-    mlp_out = F.swiglu_mlp(F.rms_norm(h, w.mlp_norm, config.rms_norm_eps), w.gate_proj, w.up_proj, w.down_proj,
-                           w.gate_bias, w.up_bias, w.down_bias)
-    return h + mlp_out, (saved, h)
+    return h + mlp(F.rms_norm(h, w.mlp_norm, config.rms_norm_eps), w, config), (saved, h)
 
 
-def layer_backward(grad_out, w, config, cos, sin, mask, saved):
-    """grad of a layer's output -> (grad of its input, weight grads by field). Residuals pass grad on unchanged."""
+def layer_backward(grad_out, w, config, cos, sin, mask, saved, frozen: bool = False):
+    """grad of a layer's output -> (grad of its input, weight grads by key). Residuals pass grad on unchanged."""
     attention_saved, h = saved
-    grad_h, grads = mlp_backward(grad_out, w, config, h)
+    grad_h, grads = mlp_backward(grad_out, w, config, h, frozen)
     grad_h = grad_out + grad_h  # h feeds both the residual and the MLP
-    grad_x, attention_grads = attention_backward(grad_h, w, config, cos, sin, mask, attention_saved)
+    grad_x, attention_grads = attention_backward(grad_h, w, config, cos, sin, mask, attention_saved, frozen)
     grads.update(attention_grads)
     return grad_h + grad_x, grads
+
+
+def layer_parameter_name(layer: int, key: str) -> str:
+    """Hugging Face name of a layer gradient's key: "q_proj" -> model.layers.{layer}.self_attn.q_proj.weight,
+    "q_proj.lora_A" -> model.layers.{layer}.self_attn.q_proj.lora_A.weight."""
+    field, _, part = key.partition(".")
+    return adapter_name(layer, field, part) if part else f"model.layers.{layer}.{LAYER_NAMES[field]}"
 
 
 def default_labels(input_ids, attention_mask):
@@ -141,17 +188,26 @@ def forward_and_backward(weights, config, input_ids, labels, attention_mask=None
     logits = F.linear(normed, weights.lm_head)  # (batch, seq, vocab)
     loss = F.causal_lm_loss(logits, labels)
 
+    frozen = any(layer.lora for layer in weights.layers)  # LoRA: only the adapters are trained
     grads = {}
-    grad_normed, lm_head_grad, _ = F.linear_backward(F.causal_lm_loss_backward(logits, labels), normed, weights.lm_head)
-    grad_x, grads["model.norm.weight"] = F.rms_norm_backward(grad_normed, x, weights.norm, config.rms_norm_eps)
+    grad_logits = F.causal_lm_loss_backward(logits, labels)
+    if frozen:
+        grad_normed = grad_logits @ weights.lm_head  # (batch, seq, hidden)
+    else:
+        grad_normed, lm_head_grad, _ = F.linear_backward(grad_logits, normed, weights.lm_head)
+    grad_x, norm_grad = F.rms_norm_backward(grad_normed, x, weights.norm, config.rms_norm_eps)
+    if not frozen:
+        grads["model.norm.weight"] = norm_grad
     for i in reversed(range(len(weights.layers))):
         w = weights.layers[i]
         saved = layer_forward(kept[i], w, config, cos, sin, mask)[1] if recompute else kept[i]
         kept[i] = None  # this layer's activations are no longer needed
-        grad_x, layer_grads = layer_backward(grad_x, w, config, cos, sin, mask, saved)
+        grad_x, layer_grads = layer_backward(grad_x, w, config, cos, sin, mask, saved, frozen)
         for key, grad in layer_grads.items():
-            if grad is not None:
-                grads[f"model.layers.{i}.{LAYER_NAMES[key]}"] = grad
+            if grad is not None and (not frozen or ".lora_" in key):
+                grads[layer_parameter_name(i, key)] = grad
+    if frozen:
+        return loss, grads  # the adapters' only: the embedding and LM head are frozen too
     embed_grad = F.embedding_backward(grad_x, input_ids, config.vocab_size)
     if weights.lm_head is weights.embed_tokens:  # tied: one table, both uses summed
         grads["model.embed_tokens.weight"] = embed_grad + lm_head_grad
@@ -168,6 +224,8 @@ def loss_and_grads(model, input_ids, labels=None, attention_mask=None, position_
     loss is a Python float; grads maps each parameter's Hugging Face name
     (``model.layers.0.self_attn.q_proj.weight``, ...) to an array of its shape and dtype.
     A tied LM head has one gradient, under the embedding's name, with both uses summed.
+    With LoRA adapters attached (``add_lora``, ``load_lora``), only the adapters are trained:
+    grads holds exactly the names ``add_lora`` returned (``...q_proj.lora_A.weight``, ...).
     recompute: keep only each layer's input and compute its intermediates again in the backward.
     """
     if getattr(model.weights, "lm_head", None) is None:
