@@ -124,6 +124,9 @@ def save_pretrained(model, save_directory, max_shard_size="5GB", safe_serializat
     """
     if safe_serialization is not True:
         raise ValueError("safe_serialization must be True: minillama writes safetensors only, never PyTorch pickles")
+    if any(getattr(layer, "lora", None) for layer in model.weights.layers):
+        raise ValueError("this model carries LoRA adapters: save them with minillama.train.save_lora, "
+                         "or fold them in with merge_lora before save_pretrained")
     max_bytes = parse_shard_size(max_shard_size)
     folder = os.fspath(save_directory)
     if os.path.exists(folder) and not os.path.isdir(folder):

@@ -175,3 +175,14 @@ def test_a_bare_llama_model_uses_peft_names_without_the_model_prefix(tmp_path):
     load_lora(again, tmp_path / "adapter")
     np.testing.assert_array_equal(to_numpy(again(ids, attention_mask=mask).last_hidden_state), to_numpy(
         model(ids, attention_mask=mask).last_hidden_state))
+
+
+def test_save_pretrained_refuses_a_model_with_adapters(tiny, tmp_path):
+    model = minillama.load(tiny)
+    add_lora(model, r=2)
+    with pytest.raises(ValueError, match="LoRA adapters.*save_lora.*merge_lora"):
+        model.save_pretrained(tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+    merge_lora(model)
+    model.save_pretrained(tmp_path / "out")
+    assert (tmp_path / "out" / "model.safetensors").exists()
