@@ -217,11 +217,8 @@ def _optimizer_for(model, out: str, state, preset: TrainPreset, lora_r, seed: in
     """AdamW over what is trained (all weights, or the LoRA adapters), with the checkpoint's state on a resume."""
     lora = lora_r is not None or (state is not None and state.get("lora_r") is not None)
     if lora:
-        from . import lora as lora_module
-        if state is not None:
-            params = lora_module.load_lora(model, out)
-        else:
-            params = lora_module.add_lora(model, lora_r, 2 * lora_r, seed=seed)
+        from .lora import add_lora, load_lora
+        params = load_lora(model, out) if state is not None else add_lora(model, lora_r, 2 * lora_r, seed=seed)
     else:
         params = model.state_dict()
     if state is not None:
