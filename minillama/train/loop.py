@@ -205,7 +205,7 @@ def _model_for(out: str, state, tokenizer, from_model, preset: TrainPreset, seed
     elif from_model is not None or state is not None:
         model = load_trainable(from_model if state is None else state["from"], backend)
     else:
-        model = init_model(model_config(preset, tokenizer.vocab_size), seed, backend)
+        return init_model(model_config(preset, tokenizer.vocab_size), seed, backend)
     if model.config.vocab_size < tokenizer.vocab_size:
         raise ConfigError(f"the tokenizer has {tokenizer.vocab_size} tokens, more than the model's "
                           f"vocab_size {model.config.vocab_size}")
@@ -243,6 +243,8 @@ def train(data, out, preset: str | None = None, steps: int | None = None, seed: 
     if lora_r is not None:
         _check_lora(lora_r, from_model)
     preset, seed, state = _settings(out, preset, seed, steps, resume)
+    if state is None and from_model is None:  # refuse a preset too large before the corpus is read
+        check_fits(model_config(preset), preset.batch_size, preset.seq_len, preset.name)
     text = read_corpus(data)
     with tempfile.TemporaryDirectory(prefix="minillama-train-") as scratch:
         tok = _tokenizer_for(text, out, state, tokenizer, from_model, preset, seed, scratch)
