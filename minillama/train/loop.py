@@ -163,13 +163,14 @@ def _settings(out: str, preset, seed, steps, resume: bool):
     check_out_folder(out, resume)
     state = read_state(out) if resume else None
     if state is not None:
-        for name, given in (("preset", preset), ("seed", seed)):
+        for name, given in (("preset", getattr(preset, "name", preset)), ("seed", seed)):
             if given is not None and given != state[name]:
                 raise ConfigError(f"{out}: the run was started with {name} {state[name]!r}, not {given!r}")
-        preset, seed = state["preset"], state["seed"]
+        preset, seed = preset or state["preset"], state["seed"]
         if steps is not None and steps < state["step"]:
             raise ConfigError(f"--steps {steps}: the checkpoint in {out} is already at step {state['step']}")
-    preset = get_preset("tiny" if preset is None else preset)
+    if not isinstance(preset, TrainPreset):
+        preset = get_preset("tiny" if preset is None else preset)
     seed = 0 if seed is None else seed
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise ConfigError(f"seed must be an integer >= 0, got {seed!r}")
@@ -231,7 +232,7 @@ def train(data, out, preset: str | None = None, steps: int | None = None, seed: 
           backend: str = "numpy", progress=None) -> dict:
     """Train a model on the text ``data`` and keep its latest checkpoint in the folder ``out``; returns the trainer state.
 
-    preset: "tiny" (default) or "demo" (see ``presets``); steps: where this run stops (default:
+    preset: "tiny" (default), "demo", or a TrainPreset of one's own (see ``presets``); steps: where this run stops (default:
     the preset's schedule length); seed: batches and initial weights (default 0). resume: go on
     from the checkpoint in ``out`` (its preset and seed; ``steps`` must not be behind it).
     tokenizer: a tokenizer folder or ``tokenizer.model`` to use instead of training one on the
