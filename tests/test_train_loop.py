@@ -216,6 +216,15 @@ def test_memory_estimate_counts_parameters_optimizer_and_activations():
     assert 4 * 4 * 6_819_072 < needed < 2**30
 
 
+def test_fine_tuning_from_a_checkpoint_resumes_from_its_own_weights(finished, corpus, tmp_path):
+    whole, part = str(tmp_path / "whole"), str(tmp_path / "part")
+    state = train(corpus, whole, preset=MICRO, steps=4, from_model=finished[0])
+    assert state["from"] == finished[0] and state["losses"][0] < finished[1]["losses"][0] - 0.3  # starts trained
+    train(corpus, part, preset=MICRO, steps=2, from_model=finished[0])
+    assert train(corpus, part, preset=MICRO, steps=4, resume=True)["losses"] == state["losses"]
+    assert_same_weights(part, whole)
+
+
 def test_a_loaded_model_is_copied_into_writable_arrays(finished):
     model = load_trainable(finished[0])
     assert model.assembly.name == "reference"

@@ -201,10 +201,11 @@ def _split(text: str, tokenizer, preset: TrainPreset, data) -> tuple:
 
 def _model_for(out: str, state, tokenizer, from_model, preset: TrainPreset, seed: int, backend: str):
     """The model to train: the checkpoint's, a copy of ``from_model``'s, or a fresh one of the preset's shape."""
-    if state is not None and state.get("from") is None:
-        model = load_trainable(out, backend)
-    elif from_model is not None or state is not None:
-        model = load_trainable(from_model if state is None else state["from"], backend)
+    lora = state is not None and state.get("lora_r") is not None
+    if state is not None:  # the checkpoint's weights, or for LoRA its base model (the adapters come later)
+        model = load_trainable(state["from"] if lora else out, backend)
+    elif from_model is not None:
+        model = load_trainable(from_model, backend)
     else:
         return init_model(model_config(preset, tokenizer.vocab_size), seed, backend)
     if model.config.vocab_size < tokenizer.vocab_size:
