@@ -225,6 +225,20 @@ def test_fine_tuning_from_a_checkpoint_resumes_from_its_own_weights(finished, co
     assert_same_weights(part, whole)
 
 
+def test_lora_trains_only_adapters_and_resumes_exactly(finished, corpus, tmp_path):
+    pytest.importorskip("minillama.train.lora")
+    whole, part = str(tmp_path / "whole"), str(tmp_path / "part")
+    state = train(corpus, whole, preset=MICRO, steps=4, from_model=finished[0], lora_r=4)
+    assert "model.safetensors" not in os.listdir(whole) and "adapter_model.safetensors" in os.listdir(whole)
+    assert state["lora_r"] == 4 and abs(state["losses"][0] - finished[1]["losses"][-1]) < 0.5  # B = 0: the base model
+    train(corpus, part, preset=MICRO, steps=2, from_model=finished[0], lora_r=4)
+    assert train(corpus, part, preset=MICRO, steps=4, resume=True)["losses"] == state["losses"]
+    adapters = [read_safetensors(os.path.join(f, "adapter_model.safetensors")) for f in (whole, part)]
+    assert len(adapters[0]) == 2 * 2 * 2  # q_proj and v_proj of 2 layers, A and B each
+    for name, tensor in adapters[0].items():
+        assert np.array_equal(tensor.numpy(), adapters[1][name].numpy()), name
+
+
 def test_a_loaded_model_is_copied_into_writable_arrays(finished):
     model = load_trainable(finished[0])
     assert model.assembly.name == "reference"
