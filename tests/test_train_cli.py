@@ -119,9 +119,12 @@ def test_ctrl_c_saves_then_exits_130(text_file, tmp_path, capsys, monkeypatch):
     monkeypatch.setitem(presets_module.PRESETS, "tiny", SMALL_TINY)
     out = str(tmp_path / "run")
 
+    display_call = cli_train.TrainDisplay.__call__
+
     def press_ctrl_c(self, progress):
-        self.step = progress.step
-        raise KeyboardInterrupt
+        display_call(self, progress)
+        if progress.event == "step":
+            raise KeyboardInterrupt
 
     monkeypatch.setattr(cli_train.TrainDisplay, "__call__", press_ctrl_c)
     status, _, err = run(capsys, "--data", text_file, "--out", out, "--steps", "5")
@@ -129,6 +132,16 @@ def test_ctrl_c_saves_then_exits_130(text_file, tmp_path, capsys, monkeypatch):
     assert one_line(err) == f"interrupted: saved the checkpoint of step 1 in {out} (--resume goes on)"
     with open(os.path.join(out, "trainer_state.json"), encoding="utf-8") as f:
         assert json.load(f)["step"] == 1
+
+
+def test_ctrl_c_before_any_step_says_nothing_was_saved(text_file, tmp_path, capsys, monkeypatch):
+    def press_ctrl_c(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("minillama.train.loop.train_tokenizer", press_ctrl_c)
+    status, _, err = run(capsys, "--data", text_file, "--out", str(tmp_path / "run"))
+    assert status == 130 and one_line(err) == "interrupted before the first checkpoint: nothing was saved"
+    assert not os.path.exists(tmp_path / "run")
 
 
 def test_durations_read_naturally():

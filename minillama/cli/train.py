@@ -43,9 +43,12 @@ class TrainDisplay:
         self.stream = stream if stream is not None else sys.stderr
         self.terminal = _on_terminal(self.stream)
         self.step, self.drawn = 0, False
+        self.saved = None  # the step of the last checkpoint written, if any
 
     def __call__(self, p) -> None:
         self.step = p.step
+        if p.event == "save":
+            self.saved = p.step
         if p.event == "step" and self.terminal:
             self.stream.write("\r" + status_line(p))
             self.drawn = True
@@ -80,8 +83,11 @@ def run_train(args) -> None:
                       backend=args.backend, progress=display)
     except KeyboardInterrupt:
         display.end_line()
-        print(f"interrupted: saved the checkpoint of step {display.step} in {args.out} (--resume goes on)",
-              file=sys.stderr)
+        if display.saved is None:
+            print("interrupted before the first checkpoint: nothing was saved", file=sys.stderr)
+        else:
+            print(f"interrupted: saved the checkpoint of step {display.saved} in {args.out} (--resume goes on)",
+                  file=sys.stderr)
         raise
     display.end_line()
     val = state["val_losses"][-1][1] if state["val_losses"] else float("nan")

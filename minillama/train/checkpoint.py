@@ -72,6 +72,10 @@ def read_state(out: str) -> dict:
             raise CheckpointError(f"{path}: {name} is missing or of the wrong type ({value!r})")
     if not 0 <= state["step"] or state["seed"] < 0 or len(state["losses"]) != state["step"]:
         raise CheckpointError(f"{path}: step {state['step']} does not match the {len(state['losses'])} losses recorded")
+    lora_r, base = state.get("lora_r"), state.get("from")
+    if lora_r is not None and (isinstance(lora_r, bool) or not isinstance(lora_r, int) or lora_r < 1
+                               or not isinstance(base, str)):
+        raise CheckpointError(f"{path}: lora_r must be an integer >= 1 with the base model's folder in from")
     return state
 
 

@@ -207,7 +207,9 @@ def _model_for(out: str, state, tokenizer, from_model, preset: TrainPreset, seed
     elif from_model is not None:
         model = load_trainable(from_model, backend)
     else:
-        return init_model(model_config(preset, tokenizer.vocab_size), seed, backend)
+        config = model_config(preset, tokenizer.vocab_size)
+        check_fits(config, preset.batch_size, preset.seq_len, preset.name)  # a given tokenizer may be larger
+        return init_model(config, seed, backend)
     if model.config.vocab_size < tokenizer.vocab_size:
         raise ConfigError(f"the tokenizer has {tokenizer.vocab_size} tokens, more than the model's "
                           f"vocab_size {model.config.vocab_size}")
