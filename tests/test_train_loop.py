@@ -239,6 +239,12 @@ def test_lora_trains_only_adapters_and_resumes_exactly(finished, corpus, tmp_pat
         assert np.array_equal(tensor.numpy(), adapters[1][name].numpy()), name
 
 
+def test_the_strict_array_api_backend_trains_like_numpy(finished, corpus, tmp_path):
+    state = train(corpus, str(tmp_path / "strict"), preset=MICRO, steps=3, seed=3, backend="strict")
+    assert state["losses"] == pytest.approx(finished[1]["losses"][:3], rel=1e-5)
+    assert weights_of(str(tmp_path / "strict"))["model.norm.weight"].dtype == np.float32
+
+
 def test_a_loaded_model_is_copied_into_writable_arrays(finished):
     model = load_trainable(finished[0])
     assert model.assembly.name == "reference"
