@@ -245,6 +245,16 @@ def test_the_strict_array_api_backend_trains_like_numpy(finished, corpus, tmp_pa
     assert weights_of(str(tmp_path / "strict"))["model.norm.weight"].dtype == np.float32
 
 
+def test_a_given_tokenizer_is_used_and_saved_instead_of_training_one(finished, corpus, tmp_path):
+    given = os.path.join(finished[0], "tokenizer.model")
+    out = str(tmp_path / "run")
+    preset = TrainPreset(**{**MICRO.__dict__, "model": {**MICRO.model, "vocab_size": 256}})  # vocab_size: the tokenizer's
+    state = train(corpus, out, preset=preset, steps=1, tokenizer=given)
+    assert state["vocab_size"] == LlamaForCausalLM.from_pretrained(out).config.vocab_size == 400
+    with open(given, "rb") as a, open(os.path.join(out, "tokenizer.model"), "rb") as b:
+        assert a.read() == b.read()
+
+
 def test_a_loaded_model_is_copied_into_writable_arrays(finished):
     model = load_trainable(finished[0])
     assert model.assembly.name == "reference"

@@ -142,7 +142,7 @@ def _add_file_commands(commands) -> None:
 def _add_train_command(commands) -> None:
     train = commands.add_parser("train", help="train a small Llama on a text file",
                                 description="Train a Llama on a UTF-8 text (a file, or a folder of .txt files): a "
-                                            "tokenizer is trained on it, 5%% (the tail) is held out for validation, "
+                                            "tokenizer is trained on it, 5% (the tail) is held out for validation, "
                                             "and --out always holds the latest checkpoint (a Hugging Face folder with "
                                             "optimizer.npz and trainer_state.json). Ctrl-C saves one and stops.")
     train.add_argument("--data", required=True, metavar="FILE", type=nonempty_text, help="the training text")
