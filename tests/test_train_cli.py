@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import io
 import json
 import os
 
@@ -142,6 +143,28 @@ def test_ctrl_c_before_any_step_says_nothing_was_saved(text_file, tmp_path, caps
     status, _, err = run(capsys, "--data", text_file, "--out", str(tmp_path / "run"))
     assert status == 130 and one_line(err) == "interrupted before the first checkpoint: nothing was saved"
     assert not os.path.exists(tmp_path / "run")
+
+
+class Terminal(io.StringIO):
+    def isatty(self):
+        return True
+
+
+def test_on_a_terminal_the_status_line_is_redrawn_after_every_step():
+    from minillama.train import TrainProgress
+    screen = Terminal()
+    display = cli_train.TrainDisplay(screen)
+    display(TrainProgress("step", 1, 4, 6.25, 5e-4, 1234.4, 90.0))
+    display(TrainProgress("step", 2, 4, 5.5, 1e-3, 2345.6, 61.0))
+    display(TrainProgress("eval", 2, 4, 5.5, 1e-3, 2345.6, 61.0, val_loss=5.75))
+    display(TrainProgress("step", 3, 4, 5.0, 1e-3, 2345.6, 30.0, val_loss=5.75))
+    display.end_line()
+    bar = "#" * 15 + "." * 15
+    assert screen.getvalue() == (
+        "\rstep 1/4 [" + "#" * 7 + "." * 23 + "] loss 6.250 lr 5.0e-04 1,234 tok/s ETA 1m30s"
+        "\rstep 2/4 [" + bar + "] loss 5.500 lr 1.0e-03 2,346 tok/s ETA 1m01s"
+        "\rstep 2/4 [" + bar + "] loss 5.500 lr 1.0e-03 2,346 tok/s ETA 1m01s val loss 5.750\n"
+        "\rstep 3/4 [" + "#" * 22 + "." * 8 + "] loss 5.000 lr 1.0e-03 2,346 tok/s ETA 30s\n")
 
 
 def test_durations_read_naturally():
