@@ -148,6 +148,26 @@ def test_ctrl_c_saves_the_last_finished_step_and_a_resume_carries_on_exactly(fin
     assert_same_weights(part, out)
 
 
+def test_a_real_ctrl_c_during_an_update_waits_for_the_update_to_finish(finished, corpus, tmp_path, monkeypatch):
+    import signal
+    from minillama.train import AdamW
+    part = str(tmp_path / "interrupted")
+    real_step = AdamW.step
+
+    def step_with_ctrl_c(self, grads, lr=None):
+        if self.step_count == 2:
+            os.kill(os.getpid(), signal.SIGINT)  # arrives while the third update is under way
+        real_step(self, grads, lr)
+
+    monkeypatch.setattr(AdamW, "step", step_with_ctrl_c)
+    with pytest.raises(KeyboardInterrupt):
+        train(corpus, part, preset=MICRO, steps=6, seed=3)
+    monkeypatch.setattr(AdamW, "step", real_step)
+    assert checkpoint_module.read_state(part)["step"] == 3  # the update finished, then the run stopped
+    train(corpus, part, preset=MICRO, resume=True)
+    assert_same_weights(part, finished[0])
+
+
 def test_a_failed_save_leaves_the_previous_checkpoint_whole(corpus, tmp_path, monkeypatch):
     out = str(tmp_path / "run")
     train(corpus, out, preset=MICRO, steps=3, seed=3)
