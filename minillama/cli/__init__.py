@@ -7,9 +7,10 @@
     minillama convert SRC OUT                 Meta folder or llama2.c .bin -> Hugging Face folder
     minillama inspect PATH                    format, config, dtypes, memory needs
     minillama make-synthetic OUT              a random checkpoint of Llama-2-7B's shape
+    minillama train --data FILE --out DIR     train a small Llama on a text (see ``train``)
 
 By file: ``parser`` (every flag, its type and range), ``generate`` (generate, logits, loading),
-``chat``, ``files`` (convert, inspect, make-tiny, make-synthetic), ``progress`` (the bars).
+``chat``, ``files`` (convert, inspect, make-tiny, make-synthetic), ``train``, ``progress`` (the bars).
 
 Generated text streams to stdout; progress and the speed summary go to stderr.
 Every failure is one line on stderr and a non-zero exit status, never a traceback:
@@ -26,9 +27,11 @@ from .chat import run_chat
 from .files import run_convert, run_inspect, run_make_synthetic, run_make_tiny
 from .generate import run_generate, run_logits
 from .parser import build_parser
+from .train import UsageError, run_train
 
 COMMANDS = {"generate": run_generate, "chat": run_chat, "logits": run_logits, "convert": run_convert,
-            "inspect": run_inspect, "make-tiny": run_make_tiny, "make-synthetic": run_make_synthetic}
+            "inspect": run_inspect, "make-tiny": run_make_tiny, "make-synthetic": run_make_synthetic,
+            "train": run_train}
 
 
 def _report(message) -> None:
@@ -56,6 +59,9 @@ def main(argv=None) -> int:
         COMMANDS[args.command](args)
     except KeyboardInterrupt:
         return 130  # the user asked to stop: nothing to report
+    except UsageError as error:  # flags that contradict each other: a usage error, as argparse reports them
+        print(f"minillama {args.command}: error: {error} (see 'minillama {args.command} --help')", file=sys.stderr)
+        return 2
     except BrokenPipeError:
         _quiet_stdout()
         return 1

@@ -139,11 +139,38 @@ def _add_file_commands(commands) -> None:
                       help="positions for the KV cache estimate (default: the model's max_position_embeddings)")
 
 
+def _add_train_command(commands) -> None:
+    train = commands.add_parser("train", help="train a small Llama on a text file",
+                                description="Train a Llama on a UTF-8 text (a file, or a folder of .txt files): a "
+                                            "tokenizer is trained on it, 5% (the tail) is held out for validation, "
+                                            "and --out always holds the latest checkpoint (a Hugging Face folder with "
+                                            "optimizer.npz and trainer_state.json). Ctrl-C saves one and stops.")
+    train.add_argument("--data", required=True, metavar="FILE", type=nonempty_text, help="the training text")
+    train.add_argument("--out", required=True, metavar="DIR", type=nonempty_text,
+                       help="checkpoint folder: new, empty, or an earlier run's (replaced unless --resume)")
+    train.add_argument("--preset", choices=["tiny", "demo"], default=None,
+                       help="model shape and hyperparameters (default tiny; a resume keeps its own)")
+    train.add_argument("--steps", type=POSITIVE_INT, default=None, metavar="N",
+                       help="stop after step N (default: the preset's schedule length)")
+    train.add_argument("--seed", type=NATURAL_INT, default=None, metavar="S",
+                       help="seed of the initial weights and the batches (default 0; a resume keeps its own)")
+    train.add_argument("--resume", action="store_true", help="carry on from the checkpoint in --out up to --steps")
+    train.add_argument("--tokenizer", default=None, metavar="PATH", type=nonempty_text,
+                       help="a tokenizer folder or tokenizer.model to use instead of training one")
+    train.add_argument("--from", dest="from_model", default=None, metavar="DIR", type=nonempty_text,
+                       help="fine-tune this checkpoint instead of a fresh model")
+    train.add_argument("--lora-r", type=POSITIVE_INT, default=None, metavar="R",
+                       help="with --from: train only rank-R LoRA adapters")
+    train.add_argument("--backend", choices=["numpy", "cupy", "strict"], default="numpy",
+                       help="array library (default numpy)")
+
+
 def build_parser() -> OneLineParser:
-    parser = OneLineParser(prog="minillama", description="Llama 2 inference in NumPy and CuPy.",
+    parser = OneLineParser(prog="minillama", description="Llama 2 inference and training in NumPy and CuPy.",
                            epilog="Run 'minillama COMMAND --help' for a command's options.")
     parser.add_argument("--version", action="version", version=f"minillama {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_generation_commands(commands)
     _add_file_commands(commands)
+    _add_train_command(commands)
     return parser
