@@ -11,7 +11,7 @@ from minillama.train.backprop import loss_and_grads
 from reference_cases import VARIANTS
 
 PADDED_VARIANTS = ["mha", "gqa_4to1", "mqa", "head_dim_not_hidden_over_heads", "rope_llama3", "rope_linear",
-                   "rope_dynamic", "biases", "tied_embeddings"]
+                   "rope_dynamic", "rope_theta_1e6", "biases", "tied_embeddings", "pretraining_tp_2"]
 
 
 def batch(vocab=96, seed=0):
