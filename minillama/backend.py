@@ -98,19 +98,33 @@ def index_add(xp: ModuleType, shape: tuple, ids, values):
     """A new array of ``shape``, zero but for ``values[k]`` added into row ``ids[k]`` (repeats add up).
 
     ids: (n,) integers in [0, shape[0]); values: (n, *shape[1:]). The Array API has no
-    scatter-add, so NumPy uses ``np.add.at``, CuPy ``cupyx.scatter_add``, and any other
+    scatter-add, so NumPy sorts the ids and sums each run of equal ones (``np.add.at``, the
+    obvious call, is about ten times slower), CuPy uses ``cupyx.scatter_add``, and any other
     backend a portable one-hot product, a block of rows at a time.
     """
     name = xp.__name__
-    if name in (_MODULES["numpy"], _MODULES["cupy"]):
+    if name == _MODULES["numpy"]:
+        return _index_add_sorted(shape, np.asarray(ids), np.asarray(values))
+    if name == _MODULES["cupy"]:
+        import cupyx
         out = xp.zeros(shape, dtype=values.dtype)
-        if name == _MODULES["numpy"]:
-            np.add.at(out, ids, values)
-        else:
-            import cupyx
-            cupyx.scatter_add(out, ids, values)
+        cupyx.scatter_add(out, ids, values)
         return out
     return _index_add_one_hot(xp, shape, ids, values)
+
+
+def _index_add_sorted(shape: tuple, ids: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """``index_add`` in NumPy: sort the ids (stably), then one ``np.add.reduceat`` per run of equal ids."""
+    out = np.zeros(shape, dtype=values.dtype)
+    if ids.shape[0] == 0:
+        return out
+    if ids.min() < 0:  # negative ids count from the end, as in np.add.at: -1 and shape[0] - 1 are one row
+        ids = np.where(ids < 0, ids + shape[0], ids)
+    order = np.argsort(ids, kind="stable")  # repeats keep their order, so each row sums in order of k
+    sorted_ids = ids[order]
+    starts = np.flatnonzero(np.concatenate([[True], sorted_ids[1:] != sorted_ids[:-1]]))  # first k of each run
+    out[sorted_ids[starts]] = np.add.reduceat(values[order], starts, axis=0)
+    return out
 
 
 def _index_add_one_hot(xp: ModuleType, shape: tuple, ids, values):

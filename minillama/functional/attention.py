@@ -87,8 +87,10 @@ def attention_backward(grad_out, q, k, v, mask, probs=None):
     grad_probs = xp.reshape(grad_probs, (batch, heads, q_len, k_len))
 
     grad_scores = _softmax_backward(xp.astype(probs, wide, copy=False), xp.astype(grad_probs, wide, copy=False))
-    if mask is not None:
-        grad_scores = xp.where(mask, grad_scores, 0.0)  # a masked score was a constant
+    if mask is not None and not _every_query_sees_a_key(mask):
+        # A masked score was a constant. Its probability is exactly 0, so P * (...) is 0 there
+        # already, except in a row with no key at all (a padding query: uniform P).
+        grad_scores = xp.where(mask, grad_scores, 0.0)
     grad_scores = xp.astype(grad_scores, q.dtype, copy=False)  # (batch, heads, q_len, k_len)
     grad_scores = xp.reshape(grad_scores, (batch, kv_heads, group * q_len, k_len))
 
@@ -104,6 +106,15 @@ def _softmax_backward(probs, grad_probs):
 
     The sum is each row's weighted mean of dP; a change that adds the same to every score
     of a row leaves P unchanged, and indeed each row of dS sums to zero.
+    grad_probs is overwritten with dS (the caller's own temporary: no (q_len, k_len) copy is made).
     """
     xp = namespace_of(probs)
-    return probs * (grad_probs - xp.sum(grad_probs * probs, axis=-1, keepdims=True))
+    grad_probs -= xp.vecdot(grad_probs, probs)[..., None]  # each row's dot product, sum(dP * P)
+    grad_probs *= probs
+    return grad_probs
+
+
+def _every_query_sees_a_key(mask) -> bool:
+    """Whether each row of the (small, boolean) mask allows at least one key."""
+    xp = namespace_of(mask)
+    return bool(xp.all(xp.any(mask, axis=-1)))

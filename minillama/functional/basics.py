@@ -100,7 +100,11 @@ def silu_backward(grad_y, x):
     """
     xp = namespace_of(x)
     sigmoid = 1.0 / (1.0 + xp.exp(-x))
-    return grad_y * sigmoid * (1.0 + x * (1.0 - sigmoid))
+    slope = 1.0 - sigmoid  # built up in place: s (1 + x (1 - s))
+    slope *= x
+    slope += 1.0
+    slope *= sigmoid
+    return grad_y * slope
 
 
 def softmax(x, axis: int = -1):

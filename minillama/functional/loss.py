@@ -46,13 +46,16 @@ def cross_entropy_backward(logits, labels, ignore_index: int = -100):
     xp = namespace_of(logits)
     wide = _widened(logits)  # (..., vocab)
     counted, known, safe_labels = _label_masks(labels, ignore_index, logits.shape[-1])
-    probabilities = xp.exp(wide - xp.expand_dims(_log_sum_exp(wide), axis=-1))  # softmax: (..., vocab)
-    vocab_ids = xp.arange(logits.shape[-1], dtype=safe_labels.dtype)  # (vocab,)
-    one_hot = xp.astype(vocab_ids == xp.expand_dims(safe_labels, axis=-1), wide.dtype)  # (..., vocab)
     count = xp.sum(xp.astype(counted, wide.dtype))
     weight = xp.astype(counted, wide.dtype) / xp.where(count > 0, count, xp.ones_like(count))  # (...)
-    weight = xp.where(known, weight, xp.full_like(weight, math.nan))
-    grad = (probabilities - one_hot) * xp.expand_dims(weight, axis=-1)
+    weight = xp.expand_dims(xp.where(known, weight, xp.full_like(weight, math.nan)), axis=-1)  # (..., 1)
+    # Each (..., vocab) step below is one pass, in place where it can be: the logits are the
+    # largest array of training, and every extra copy of them costs time and memory.
+    grad = xp.exp(wide - xp.max(wide, axis=-1, keepdims=True))  # (..., vocab)
+    grad *= weight / xp.sum(grad, axis=-1, keepdims=True)  # softmax(logits) * weight
+    vocab_ids = xp.arange(logits.shape[-1], dtype=safe_labels.dtype)  # (vocab,)
+    one_hot = vocab_ids == xp.expand_dims(safe_labels, axis=-1)  # (..., vocab) bool, one True per row
+    grad[one_hot] -= xp.reshape(weight, (-1,))  # minus one_hot(label) * weight, the Trues in row order
     return xp.astype(grad, logits.dtype, copy=False)
 
 
@@ -67,12 +70,15 @@ def causal_lm_loss(logits, labels, ignore_index: int = -100):
 
 
 def causal_lm_loss_backward(logits, labels, ignore_index: int = -100):
-    """Gradient of ``causal_lm_loss`` with respect to the logits: (batch, seq, vocab), zero at the last position."""
-    xp = namespace_of(logits)
-    batch, _, vocab = logits.shape
-    grad_shifted = cross_entropy_backward(logits[:, :-1, :], labels[:, 1:], ignore_index)  # (batch, seq - 1, vocab)
-    last = xp.zeros((batch, 1, vocab), dtype=logits.dtype)
-    return xp.concat([grad_shifted, last], axis=1)
+    """Gradient of ``causal_lm_loss`` with respect to the logits: (batch, seq, vocab), zero at the last position.
+
+    Position t's label is labels[:, t + 1], and the last position's is ignored: the gradient is
+    computed on the whole logits array at once, with no shifted copy of it.
+    """
+    xp = namespace_of(labels)
+    batch = labels.shape[0]
+    nothing = xp.full((batch, 1), ignore_index, dtype=labels.dtype)  # the last position predicts nothing
+    return cross_entropy_backward(logits, xp.concat([labels[:, 1:], nothing], axis=1), ignore_index)
 
 
 def _widened(logits):
