@@ -16,18 +16,22 @@ def swiglu_mlp(x, gate_proj, up_proj, down_proj, gate_bias=None, up_bias=None, d
     return linear(gate * up, down_proj, down_bias)  # (..., hidden)
 
 
-def swiglu_mlp_backward(grad_y, x, gate_proj, up_proj, down_proj, gate_bias=None, up_bias=None, down_bias=None):
-    """Gradients of ``swiglu_mlp``, recomputing the forward's intermediates.
+def swiglu_mlp_backward(grad_y, x, gate_proj, up_proj, down_proj, gate_bias=None, up_bias=None, down_bias=None,
+                        gate_in=None, up=None):
+    """Gradients of ``swiglu_mlp``, recomputing the forward's intermediates unless given.
 
     With h = silu(a) * u (a the gate's and u the up projection's output), the
     gradient of h flows to a through silu and to u through the gate; x collects
     both branches. grad_y: (..., hidden) -> a dict of gradients keyed "x",
     "gate_proj", "up_proj", "down_proj", plus "gate_bias", "up_bias", "down_bias"
-    for the biases given.
+    for the biases given. gate_in, up: the forward's gate(x) and up(x), if it kept them
+    (two matrix products fewer here).
     """
     xp = namespace_of(x)
-    gate_in = linear(x, gate_proj, gate_bias)  # a: (..., intermediate)
-    up = linear(x, up_proj, up_bias)  # u: (..., intermediate)
+    if gate_in is None:
+        gate_in = linear(x, gate_proj, gate_bias)  # a: (..., intermediate)
+    if up is None:
+        up = linear(x, up_proj, up_bias)  # u: (..., intermediate)
     sigmoid = 1.0 / (1.0 + xp.exp(-gate_in))  # s(a), computed once for silu and its derivative
     gate = gate_in * sigmoid  # silu(a) = a s(a)
 

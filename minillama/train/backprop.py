@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from .. import functional as F
 from ..backend import namespace_of
 from ..formats.names import LAYER_NAMES
-from ..model.forward import mlp, project, rotary_tables
+from ..model.forward import project, rotary_tables
 from .lora import adapter_name
 
 
@@ -103,25 +103,42 @@ def attention_backward(grad_out, w, config, cos, sin, mask, s: AttentionSaved, f
     return grad_x, grads
 
 
-def mlp_backward(grad_out, w, config, h, frozen: bool = False):
-    """grad of the MLP block's output -> (grad of its input h, weight grads by key); h is the block input."""
+@dataclass
+class MLPSaved:
+    """What the MLP block's backward reads, for one layer."""
+
+    h: object  # (batch, seq, hidden), the block input (the residual stream after attention)
+    normed: object  # (batch, seq, hidden), rms_norm(h)
+    gate_in: object  # (batch, seq, intermediate), gate_proj(normed) before silu
+    up: object  # (batch, seq, intermediate), up_proj(normed)
+
+
+def mlp_forward(h, w, config):
+    """The MLP block (norm, gate and up, silu, down) -> (output, MLPSaved); the same numbers as model.forward.mlp."""
     normed = F.rms_norm(h, w.mlp_norm, config.rms_norm_eps)
+    gate_in, up = project(normed, w, "gate_proj"), project(normed, w, "up_proj")
+    return project(F.silu(gate_in) * up, w, "down_proj"), MLPSaved(h, normed, gate_in, up)
+
+
+def mlp_backward(grad_out, w, config, s: MLPSaved, frozen: bool = False):
+    """grad of the MLP block's output -> (grad of its input h, weight grads by key)."""
+    h, normed = s.h, s.normed
     if frozen or w.lora:
-        grad_normed, grads = adapted_mlp_backward(grad_out, w, normed, frozen)
+        grad_normed, grads = adapted_mlp_backward(grad_out, w, s, frozen)
         grad_h, grads["mlp_norm"] = F.rms_norm_backward(grad_normed, h, w.mlp_norm, config.rms_norm_eps)
         return grad_h, grads
     parts = F.swiglu_mlp_backward(grad_out, normed, w.gate_proj, w.up_proj, w.down_proj,
-                                  w.gate_bias, w.up_bias, w.down_bias)
+                                  w.gate_bias, w.up_bias, w.down_bias, gate_in=s.gate_in, up=s.up)
     grads = {key: parts.get(key) for key in ("gate_proj", "up_proj", "down_proj", "gate_bias", "up_bias", "down_bias")}
     grad_h, grads["mlp_norm"] = F.rms_norm_backward(parts["x"], h, w.mlp_norm, config.rms_norm_eps)
     return grad_h, grads
 
 
-def adapted_mlp_backward(grad_out, w, normed, frozen: bool):
+def adapted_mlp_backward(grad_out, w, s: MLPSaved, frozen: bool):
     """``F.swiglu_mlp_backward`` written out through :func:`projection_backward`, for LoRA adapters
     and frozen weights -> (grad of normed, grads by key)."""
-    gate_in = project(normed, w, "gate_proj")  # (..., intermediate)
-    gate, up = F.silu(gate_in), project(normed, w, "up_proj")
+    normed, gate_in, up = s.normed, s.gate_in, s.up  # (..., hidden), (..., intermediate) twice
+    gate = F.silu(gate_in)
     grad_hidden, grads = projection_backward(grad_out, gate * up, w, "down_proj", frozen)
     grad_from_gate, gate_grads = projection_backward(F.silu_backward(grad_hidden * up, gate_in), normed, w,
                                                      "gate_proj", frozen)
@@ -133,15 +150,16 @@ def adapted_mlp_backward(grad_out, w, normed, frozen: bool):
 
 def layer_forward(x, w, config, cos, sin, mask):
     """One decoder layer, as decoder_layer computes it -> (output, what its backward needs)."""
-    attn_out, saved = attention_forward(x, w, config, cos, sin, mask)
+    attn_out, attention_saved = attention_forward(x, w, config, cos, sin, mask)
     h = x + attn_out
-    return h + mlp(F.rms_norm(h, w.mlp_norm, config.rms_norm_eps), w, config), (saved, h)
+    mlp_out, mlp_saved = mlp_forward(h, w, config)
+    return h + mlp_out, (attention_saved, mlp_saved)
 
 
 def layer_backward(grad_out, w, config, cos, sin, mask, saved, frozen: bool = False):
     """grad of a layer's output -> (grad of its input, weight grads by key). Residuals pass grad on unchanged."""
-    attention_saved, h = saved
-    grad_h, grads = mlp_backward(grad_out, w, config, h, frozen)
+    attention_saved, mlp_saved = saved
+    grad_h, grads = mlp_backward(grad_out, w, config, mlp_saved, frozen)
     grad_h = grad_out + grad_h  # h feeds both the residual and the MLP
     grad_x, attention_grads = attention_backward(grad_h, w, config, cos, sin, mask, attention_saved, frozen)
     grads.update(attention_grads)
