@@ -4,8 +4,9 @@
   (0.9M parameters, vocabulary 512, 4 layers of width 128; 400 steps of 16 x 128 tokens:
   on the first 200 KB of the King James Bible the held-out loss is below 0.7 ln(512) by step
   100 and near its best by step 400; beyond that so small a text is overfit).
-* ``demo``: the demo model (6.7M parameters, vocabulary 4096, 6 layers of width 256),
-  the shape docs/architecture.md fixes; about 2 s a step on two CPU cores, so hours on a CPU.
+* ``demo``: the demo model (6.8M parameters, vocabulary 4096, 6 layers of width 256, 8 query
+  heads over 4 key/value heads); 2000 steps of 8 x 256 tokens, about 4 passes over the King
+  James Bible, about 45 minutes on two CPU cores (docs/demo_model.md).
 
 The learning-rate schedule (linear warmup, cosine down to ``min_lr``) always runs over the
 preset's ``steps``: ``--steps`` says only where a run stops, so a run stopped at step 200 and
