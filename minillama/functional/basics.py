@@ -110,6 +110,6 @@ def silu_backward(grad_y, x):
 def softmax(x, axis: int = -1):
     """exp(x) / sum(exp(x)), with the maximum subtracted first so nothing overflows."""
     xp = namespace_of(x)
-    shifted = x - xp.max(x, axis=axis, keepdims=True)
-    exps = xp.exp(shifted)
-    return exps / xp.sum(exps, axis=axis, keepdims=True)
+    exps = xp.exp(x - xp.max(x, axis=axis, keepdims=True))
+    exps /= xp.sum(exps, axis=axis, keepdims=True)  # in place: exps is this function's own array
+    return exps

@@ -99,13 +99,22 @@ def _adamw_update(p, grad, m, v, step: int, lr: float, betas, eps: float, weight
     beta1, beta2 = betas
     if weight_decay != 0:
         p *= 1 - lr * weight_decay  # decoupled weight decay, before the moments see the gradient
-    m += (1 - beta1) * (grad - m)  # torch's lerp(m, g, 1 - b1)
+    # Each temporary below is made once and then scaled in place (four full-size arrays, not nine).
+    delta = grad - m
+    delta *= 1 - beta1
+    m += delta  # torch's lerp(m, g, 1 - b1)
+    square = grad * grad
+    square *= 1 - beta2
     v *= beta2
-    v += (1 - beta2) * grad * grad
+    v += square
     step_size = lr / (1 - beta1**step)
     bias_correction2_sqrt = (1 - beta2**step) ** 0.5
-    denom = xp.sqrt(v) / bias_correction2_sqrt + eps
-    p -= step_size * (m / denom)
+    denom = xp.sqrt(v)
+    denom /= bias_correction2_sqrt
+    denom += eps
+    update = m / denom
+    update *= step_size
+    p -= update
 
 
 class AdamW:
