@@ -13,6 +13,7 @@ The package, by subpackage (docs/architecture.md has the map):
 
 from .backend import get_namespace, namespace_of, to_numpy
 from .config import LlamaConfig
+from .demo import demo_model_path
 from .errors import CheckpointError, ConfigError, CorpusError, TokenizerError
 from .generation import GenerationOutput, generate, generate_text, stream_text
 from .modeling import LlamaForCausalLM, LlamaForSequenceClassification, LlamaModel, LlamaOutput, load
@@ -22,7 +23,7 @@ from .tokenizer import LlamaTokenizer, LlamaTokenizerFast
 __version__ = "0.1.0"
 
 __all__ = [
-    "LlamaConfig", "ConfigError", "CheckpointError", "CorpusError", "LlamaModel", "LlamaForCausalLM",
+    "LlamaConfig", "demo_model_path", "ConfigError", "CheckpointError", "CorpusError", "LlamaModel", "LlamaForCausalLM",
     "LlamaForSequenceClassification", "LlamaOutput", "llama_forward", "load",
     "get_namespace", "namespace_of", "to_numpy", "LlamaTokenizer", "LlamaTokenizerFast", "TokenizerError", "generate", "generate_text", "stream_text", "GenerationOutput",
 ]

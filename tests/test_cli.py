@@ -30,5 +30,7 @@ def test_bad_arguments_are_one_line_usage_errors():
     out = run("logits", "--model", "m", "--ids", "x")
     assert out.returncode == 2 and out.stdout == ""
     assert out.stderr == "minillama logits: error: argument --ids: expected an integer, got 'x' (see 'minillama logits --help')\n"
-    out = run("logits", "--ids", "1")
-    assert out.returncode == 2 and "the following arguments are required: --model" in out.stderr
+    out = run("generate", "--model", "m")
+    assert out.returncode == 2 and "the following arguments are required: --prompt" in out.stderr
+    out = run("logits", "--ids", "1")  # no --model: the demo model in the package
+    assert out.returncode == 0 and "demo" in out.stdout

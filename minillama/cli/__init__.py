@@ -1,9 +1,11 @@
 """The ``minillama`` command line (also ``python -m minillama``).
 
     minillama make-tiny OUT                   a small random checkpoint with a stand-in tokenizer
-    minillama generate --model DIR --prompt TEXT [sampling options]
-    minillama chat --model DIR [--system TEXT]
-    minillama logits --model DIR --ids 1 450 4996
+    minillama generate [--model DIR] --prompt TEXT [sampling options]
+    minillama chat [--model DIR] [--system TEXT]
+    minillama logits [--model DIR] --ids 1 450 4996
+
+Without ``--model``, generate, chat and logits use the demo model shipped in the package.
     minillama convert SRC OUT                 Meta folder or llama2.c .bin -> Hugging Face folder
     minillama inspect PATH                    format, config, dtypes, memory needs
     minillama make-synthetic OUT              a random checkpoint of Llama-2-7B's shape
@@ -49,6 +51,15 @@ def _quiet_stdout() -> None:
         pass
 
 
+def use_demo_model(args) -> None:
+    """No --model: the demo model in the package (a text continuer, which chat says)."""
+    from ..demo import demo_model_path
+    args.model = demo_model_path()
+    if args.command == "chat":
+        print("(the demo model, trained on the King James Bible, continues text; it does not follow "
+              "instructions: give it the opening of a sentence)", file=sys.stderr)
+
+
 def main(argv=None) -> int:
     """Run one command; the exit status: 0, 1 (an error), 2 (a usage error) or 130 (interrupted)."""
     try:
@@ -56,6 +67,8 @@ def main(argv=None) -> int:
     except SystemExit as done:  # --help, --version, or a usage error already reported on one line
         return done.code if isinstance(done.code, int) else 0
     try:
+        if getattr(args, "model", "") is None:
+            use_demo_model(args)
         COMMANDS[args.command](args)
     except KeyboardInterrupt:
         return 130  # the user asked to stop: nothing to report

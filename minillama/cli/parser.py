@@ -64,7 +64,8 @@ def nonempty_text(value: str) -> str:
 
 
 def add_model_args(parser, sampling: bool = True) -> None:
-    parser.add_argument("--model", required=True, metavar="DIR", help="checkpoint folder (config.json, safetensors, tokenizer)")
+    parser.add_argument("--model", metavar="DIR",
+                        help="checkpoint folder (config.json, safetensors, tokenizer); default: the bundled demo model")
     parser.add_argument("--backend", choices=["numpy", "cupy", "strict"], default="numpy",
                         help="array library: numpy (CPU, default), cupy (GPU), strict (Array API test stand-in)")
     parser.add_argument("--dtype", choices=["float32", "float16"], default="float32",
