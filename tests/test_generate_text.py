@@ -125,8 +125,8 @@ def test_cli_error_found_with_the_model_is_one_clear_line(tiny):
 
 
 def test_cli_usage_errors():
-    run = cli("generate", "--prompt", "x")
-    assert run.returncode == 2 and "--model" in run.stderr
+    run = cli("generate", "--model", "m")
+    assert run.returncode == 2 and "--prompt" in run.stderr
     run = cli("--help")
     assert run.returncode == 0 and "generate" in run.stdout and "chat" in run.stdout
     run = cli("generate", "--model", "/nonexistent", "--prompt", "x")
