@@ -115,8 +115,6 @@ def quantize_int4(weight, group_size: int = 32) -> QuantizedWeight:
     scales (out, in // group_size).
     """
     xp = namespace_of(weight)
-    if group_size is None or group_size % 2:
-        raise ValueError(f"int4 needs an even group_size (two codes share a byte), got {group_size}")
     groups, group_size = _groups(weight, group_size, "int4")  # (out, n_groups, group_size) float32
     top = xp.max(groups, axis=-1, keepdims=True)  # (out, n_groups, 1)
     bottom = xp.min(groups, axis=-1, keepdims=True)
@@ -150,17 +148,27 @@ def unpack_nibbles(packed, group_size: int):
 def _groups(weight, group_size: int | None, kind: str) -> tuple:
     """The (out, in) matrix as (out, in // group_size, group_size) float32 groups, and the group size used."""
     xp = namespace_of(weight)
+    group_size = _checked_group_size(weight, group_size, kind)
+    out, in_features = weight.shape
+    return xp.reshape(xp.astype(weight, xp.float32), (out, in_features // group_size, group_size)), group_size
+
+
+def _checked_group_size(weight, group_size: int | None, kind: str) -> int:
+    """The group size to use for ``weight`` (None: the whole row), or a ValueError naming what does not fit."""
+    xp = namespace_of(weight)
     if weight.ndim != 2 or not xp.isdtype(weight.dtype, "real floating"):
         raise ValueError(f"quantize a 2-D floating matrix (out_features, in_features), got shape "
                          f"{tuple(weight.shape)} of {weight.dtype}")
-    out, in_features = weight.shape
+    in_features = weight.shape[1]
     group_size = in_features if group_size is None else group_size
     if isinstance(group_size, bool) or not isinstance(group_size, int) or group_size < 1:
         raise ValueError(f"group_size must be a positive integer, got {group_size!r}")
+    if kind == "int4" and group_size % 2:
+        raise ValueError(f"int4 needs an even group_size (two codes share a byte), got {group_size}")
     if in_features % group_size:
         raise ValueError(f"{kind}: in_features {in_features} is not a multiple of group_size {group_size} "
                          f"(the matrix has shape {tuple(weight.shape)})")
-    return xp.reshape(xp.astype(weight, xp.float32), (out, in_features // group_size, group_size)), group_size
+    return group_size
 
 
 def _stored_scale(scale) -> tuple:
@@ -257,15 +265,18 @@ def quantize_model(model, kind: str = "int8", group_size: int | None = None, lm_
     """
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+    if kind == "int4" and group_size is None:
+        group_size = 32
     params = model.state_dict()
     names = [name for name in params if _is_quantized(name, lm_head)]
+    for name in names:  # every check before the first weight changes: never a half-quantized model
+        _check_writable(name, params[name])
+        _checked_group_size(params[name], group_size, kind)
     report = QuantizationReport(kind, group_size, names, 0, 0, 0, 0.0)
     for name, array in params.items():
         if name not in names:
             report.other_params += _count(array)
             continue
-        if isinstance(array, StoredTensor):
-            raise ValueError(f"quantize_model needs an eager model: {name} is a lazy tensor (load with lazy=False)")
         qweight = quantize(array, kind, group_size)
         restored = qweight.dequantize()  # (out, in), the model's dtype
         xp = namespace_of(array)
@@ -280,6 +291,15 @@ def _is_quantized(name: str, lm_head: bool) -> bool:
     """Whether the parameter called ``name`` (a Hugging Face name) is one quantize_model quantizes."""
     parts = name.split(".")
     return (len(parts) >= 2 and parts[-2] in PROJECTIONS) or (lm_head and name == "lm_head.weight")
+
+
+def _check_writable(name: str, array) -> None:
+    """Refuse, before anything changes, a weight that cannot be overwritten in place."""
+    if isinstance(array, StoredTensor):
+        raise ValueError(f"quantize_model needs an eager model: {name} is a lazy tensor (load with lazy=False)")
+    if not getattr(getattr(array, "flags", None), "writeable", True):
+        raise ValueError(f"quantize_model: {name} is a read-only memory map of the checkpoint file (a float32 "
+                         "checkpoint loaded in float32); copy the weights first, or load a float16 checkpoint")
 
 
 def _count(array) -> int:
