@@ -36,7 +36,7 @@ the quantized form takes.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from .backend import namespace_of
 from .formats.tensors import StoredTensor
@@ -57,7 +57,7 @@ class QuantizedWeight:
     shape: tuple  # (out_features, in_features) of the original matrix
     kind: str  # "int8" or "int4"
     group_size: int  # weights per scale along a row (in_features: one scale per row)
-    dtype: object = field(default=None)  # the original matrix's dtype, which dequantize() gives back
+    dtype: object  # the original matrix's dtype, which dequantize() gives back
 
     @property
     def nbytes(self) -> int:
@@ -190,7 +190,9 @@ def _nonzero(scale):
 def _round_half_away(values):
     """Round to the nearest integer, halves away from zero (C's roundf; xp.round rounds halves to even)."""
     xp = namespace_of(values)
-    return xp.sign(values) * xp.floor(xp.abs(values) + 0.5)
+    whole = xp.trunc(values)
+    halves = xp.abs(values - whole) == 0.5
+    return xp.where(halves, whole + xp.sign(values), xp.round(values))
 
 
 def _nbytes(array) -> int:
