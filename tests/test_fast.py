@@ -116,3 +116,54 @@ def test_assembly_choice(tmp_path):
         assembly_for("cpu", "strict", config, False)
     with pytest.raises(ValueError, match="assembly must be one of"):
         assembly_for("gpu-someday", "numpy", config, False)
+
+
+# --- fast.train_attention: the training step's causal attention, block of queries by block ------------
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("shape", [(2, 8, 4, 37, 16), (1, 4, 1, 9, 8), (2, 4, 4, 5, 8)], ids=["gqa", "mqa", "mha"])
+@pytest.mark.parametrize("block", [1, 3, 8, 64])
+def test_training_attention_equals_reference_attention_and_backward(backend, dtype, shape, block):
+    from minillama.fast.train_attention import causal_attention, causal_attention_backward
+    batch, heads, kv_heads, seq, head_dim = shape
+    q = rng.standard_normal((batch, heads, seq, head_dim)).astype(dtype)
+    k = rng.standard_normal((batch, kv_heads, seq, head_dim)).astype(dtype)
+    v = rng.standard_normal((batch, kv_heads, seq, head_dim)).astype(dtype)
+    grad = rng.standard_normal((batch, heads, seq, head_dim)).astype(dtype)
+    xp, (qb, kb, vb, gb) = on(backend, q, k, v, grad)
+    mask = F.attention_mask(seq, seq, xp, None)
+    out, probs = F.attention(qb, kb, vb, mask)
+    expected = (out,) + tuple(F.attention_backward(gb, qb, kb, vb, mask, probs))
+    fast_out, kept = causal_attention(qb, kb, vb, mask, block=block)
+    got = (fast_out,) + tuple(causal_attention_backward(gb, qb, kb, vb, mask, kept, block=block))
+    tol = 1e-12 if dtype == "float64" else 2e-6
+    for name, a, b in zip(("out", "grad_q", "grad_k", "grad_v"), got, expected):
+        assert a.dtype == b.dtype and tuple(a.shape) == tuple(b.shape), name
+        a, b = to_numpy(a), to_numpy(b)
+        assert np.max(np.abs(a - b)) <= tol * np.max(np.abs(b)), name
+    # only the scores up to each block's last query are kept: less than the (seq, seq) square
+    kept_scores = sum(int(np.prod(p.shape)) for p in kept[0])
+    full = batch * heads * seq * seq
+    assert kept_scores <= full and (kept_scores < full or block >= seq)
+
+
+def test_loss_and_grads_use_the_blocked_pair_only_without_a_mask(tiny, monkeypatch):
+    from minillama.fast import train_attention
+    from minillama.train import backprop, loss_and_grads
+    model = minillama.load(tiny, dtype="float64")
+    ids = rng.integers(3, model.config.vocab_size, size=(2, 11))
+    monkeypatch.setattr(train_attention, "QUERY_BLOCK", 4)  # 11 tokens: blocks of 4, 4 and 3
+    fast_loss, fast = loss_and_grads(model, ids)
+    weights, config = model.weights, model.config
+    labels = model.xp.asarray(ids)
+    loss, reference = backprop.forward_and_backward(weights, config, labels, labels, attend=backprop.REFERENCE_ATTENTION)
+    assert abs(fast_loss - float(loss)) <= 1e-12 * abs(float(loss))
+    for name, grad in reference.items():
+        assert np.max(np.abs(to_numpy(fast[name]) - to_numpy(grad))) <= 1e-11 * max(1.0, np.max(np.abs(to_numpy(grad)))), name
+    calls = []
+    real = train_attention.causal_attention
+    monkeypatch.setattr(backprop, "CAUSAL_BLOCKS", backprop.AttentionPair(
+        "spy", lambda *a, **k: calls.append(1) or real(*a, **k), train_attention.causal_attention_backward))
+    loss_and_grads(model, ids, attention_mask=np.ones_like(ids))  # a mask: the reference pair
+    assert calls == []
+    loss_and_grads(model, ids)
+    assert len(calls) == model.config.num_hidden_layers

@@ -121,6 +121,33 @@ def test_gradients_equal_torch_autograd(tmp_path, monkeypatch, variant, dtype):
         assert relative(grad, expected[name]) <= tol, name
 
 
+@pytest.mark.parametrize("variant", ["gqa_4to1", "mqa", "biases", "tied_embeddings"])
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_unpadded_gradients_equal_torch_autograd(tmp_path, monkeypatch, variant, dtype):
+    # No attention mask: the training step's blocked causal attention (fast.train_attention), in
+    # blocks of 4 over 11 tokens, against autograd.
+    pytest.importorskip("torch")
+    from conftest import make_hf_checkpoint
+    from minillama.fast import train_attention
+    monkeypatch.setattr(train_attention, "QUERY_BLOCK", 4)
+    reference = make_hf_checkpoint(tmp_path, **VARIANTS[variant])
+    if dtype == "float64":
+        reference = float64_reference(reference, monkeypatch, minillama.LlamaConfig.from_pretrained(tmp_path))
+    ids = np.random.default_rng(2).integers(0, 96, size=(2, 11))
+    labels = ids.copy()
+    labels[0, 4] = -100
+    positions = np.broadcast_to(np.arange(11), ids.shape).copy()
+    expected_loss, expected = torch_loss_and_grads(reference, ids, np.ones_like(ids), labels, positions)
+    model = minillama.load(tmp_path, dtype=dtype)
+    loss, grads = loss_and_grads(model, ids, labels)
+    tol = 1e-8 if dtype == "float64" else 1e-4
+    assert abs(loss - expected_loss) <= tol * abs(expected_loss)
+    assert set(grads) == set(expected)
+    for name, grad in grads.items():
+        assert grad.dtype == np.dtype(dtype), name
+        assert relative(grad, expected[name]) <= tol, name
+
+
 def test_default_labels_are_the_inputs_with_padding_ignored(tiny):
     model = minillama.load(tiny, dtype="float64")
     ids, mask, labels, positions = batch(vocab=model.config.vocab_size)

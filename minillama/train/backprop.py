@@ -12,6 +12,11 @@ Memory: per layer the forward keeps its input and the few intermediates its back
 With ``recompute=True`` only each layer's input is kept and the rest is computed again, one
 layer at a time, during the backward (activation checkpointing): less memory, one more forward.
 
+Attention: which function pair computes it is chosen once per call (:class:`AttentionPair`):
+the lesson's ``F.attention`` and ``F.attention_backward`` whenever there is an attention mask,
+and for plain causal batches (no padding) ``fast.train_attention``'s blocked pair, which computes
+the same numbers without the scores above the diagonal (tests/test_fast.py holds them equal).
+
 LoRA: a model with adapters (``train.add_lora``) is "frozen": only the adapters get gradients.
 The backward then still carries the gradient through every weight (grad_x = grad_y W) but skips
 the products that would give the frozen weights' own gradients (grad_W = grad_y^T x).
@@ -20,12 +25,30 @@ the products that would give the frozen weights' own gradients (grad_W = grad_y^
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 from .. import functional as F
 from ..backend import namespace_of
+from ..fast import train_attention
 from ..formats.names import LAYER_NAMES
 from ..model.forward import project, rotary_tables
 from .lora import adapter_name
+
+
+@dataclass(frozen=True)
+class AttentionPair:
+    """The attention a training step uses: a forward and the backward that reads what it kept.
+
+    forward(q, k, v, mask) -> (out, kept); backward(grad_out, q, k, v, mask, kept) -> (grad_q, grad_k, grad_v).
+    """
+
+    name: str
+    forward: Callable
+    backward: Callable
+
+
+REFERENCE_ATTENTION = AttentionPair("reference", F.attention, F.attention_backward)  # kept: the probabilities
+CAUSAL_BLOCKS = AttentionPair("causal blocks", train_attention.causal_attention, train_attention.causal_attention_backward)
 
 
 @dataclass
@@ -37,7 +60,7 @@ class AttentionSaved:
     q: object  # (batch, heads, seq, head_dim), after rotary
     k: object  # (batch, kv_heads, seq, head_dim), after rotary
     v: object  # (batch, kv_heads, seq, head_dim)
-    probs: object  # (batch, heads, seq, seq)
+    kept: object  # what the attention's backward reads (reference: the probabilities (batch, heads, seq, seq))
     merged: object  # (batch, seq, heads * head_dim), the heads before o_proj
 
 
@@ -55,16 +78,16 @@ def merge_heads(x):
     return xp.reshape(xp.permute_dims(x, (0, 2, 1, 3)), (batch, seq, n_heads * head_dim))
 
 
-def attention_forward(x, w, config, cos, sin, mask):
+def attention_forward(x, w, config, cos, sin, mask, attend: AttentionPair = REFERENCE_ATTENTION):
     """The attention block (norm, projections, rotary, attention, o_proj) -> (output, AttentionSaved)."""
     c = config
     normed = F.rms_norm(x, w.attn_norm, c.rms_norm_eps)
     q = F.apply_rotary(split_heads(project(normed, w, "q_proj"), c.num_attention_heads, c.head_dim), cos, sin)
     k = F.apply_rotary(split_heads(project(normed, w, "k_proj"), c.num_key_value_heads, c.head_dim), cos, sin)
     v = split_heads(project(normed, w, "v_proj"), c.num_key_value_heads, c.head_dim)
-    out, probs = F.attention(q, k, v, mask)  # (batch, heads, seq, head_dim)
+    out, kept = attend.forward(q, k, v, mask)  # (batch, heads, seq, head_dim)
     merged = merge_heads(out)
-    return project(merged, w, "o_proj"), AttentionSaved(x, normed, q, k, v, probs, merged)
+    return project(merged, w, "o_proj"), AttentionSaved(x, normed, q, k, v, kept, merged)
 
 
 def projection_backward(grad_y, x, w, field: str, frozen: bool = False):
@@ -87,12 +110,13 @@ def projection_backward(grad_y, x, w, field: str, frozen: bool = False):
     return grad_x, grads
 
 
-def attention_backward(grad_out, w, config, cos, sin, mask, s: AttentionSaved, frozen: bool = False):
+def attention_backward(grad_out, w, config, cos, sin, mask, s: AttentionSaved, frozen: bool = False,
+                       attend: AttentionPair = REFERENCE_ATTENTION):
     """grad of the attention block's output (batch, seq, hidden) -> (grad of its input x, weight grads by key)."""
     c = config
     grad_merged, grads = projection_backward(grad_out, s.merged, w, "o_proj", frozen)
     grad_heads = split_heads(grad_merged, c.num_attention_heads, c.head_dim)  # (batch, heads, seq, head_dim)
-    grad_q, grad_k, grad_v = F.attention_backward(grad_heads, s.q, s.k, s.v, mask, s.probs)
+    grad_q, grad_k, grad_v = attend.backward(grad_heads, s.q, s.k, s.v, mask, s.kept)
     grad_normed = 0.0
     for name, grad in (("q", F.apply_rotary_backward(grad_q, cos, sin)), ("k", F.apply_rotary_backward(grad_k, cos, sin)),
                        ("v", grad_v)):
@@ -148,20 +172,21 @@ def adapted_mlp_backward(grad_out, w, s: MLPSaved, frozen: bool):
     return grad_from_gate + grad_from_up, grads
 
 
-def layer_forward(x, w, config, cos, sin, mask):
+def layer_forward(x, w, config, cos, sin, mask, attend: AttentionPair = REFERENCE_ATTENTION):
     """One decoder layer, as decoder_layer computes it -> (output, what its backward needs)."""
-    attn_out, attention_saved = attention_forward(x, w, config, cos, sin, mask)
+    attn_out, attention_saved = attention_forward(x, w, config, cos, sin, mask, attend)
     h = x + attn_out
     mlp_out, mlp_saved = mlp_forward(h, w, config)
     return h + mlp_out, (attention_saved, mlp_saved)
 
 
-def layer_backward(grad_out, w, config, cos, sin, mask, saved, frozen: bool = False):
+def layer_backward(grad_out, w, config, cos, sin, mask, saved, frozen: bool = False,
+                   attend: AttentionPair = REFERENCE_ATTENTION):
     """grad of a layer's output -> (grad of its input, weight grads by key). Residuals pass grad on unchanged."""
     attention_saved, mlp_saved = saved
     grad_h, grads = mlp_backward(grad_out, w, config, mlp_saved, frozen)
     grad_h = grad_out + grad_h  # h feeds both the residual and the MLP
-    grad_x, attention_grads = attention_backward(grad_h, w, config, cos, sin, mask, attention_saved, frozen)
+    grad_x, attention_grads = attention_backward(grad_h, w, config, cos, sin, mask, attention_saved, frozen, attend)
     grads.update(attention_grads)
     return grad_h + grad_x, grads
 
@@ -182,11 +207,12 @@ def default_labels(input_ids, attention_mask):
 
 
 def forward_and_backward(weights, config, input_ids, labels, attention_mask=None, position_ids=None,
-                         recompute: bool = False):
+                         recompute: bool = False, attend: AttentionPair | None = None):
     """Loss and gradients of a causal LM on eager weights -> (loss as a 0-d array, grads by Hugging Face name).
 
     input_ids, labels: (batch, seq) on the weights' backend; labels -100 are ignored; the loss
     predicts labels[:, t + 1] from position t, as transformers' LlamaForCausalLM does.
+    attend: the attention pair; None: the blocked causal pair without an attention mask, else the reference.
     """
     xp = namespace_of(input_ids)
     batch, seq = input_ids.shape
@@ -196,10 +222,12 @@ def forward_and_backward(weights, config, input_ids, labels, attention_mask=None
     x = weights.embed(input_ids)  # (batch, seq, hidden)
     cos, sin = rotary_tables(config, position_ids, x.dtype)
     mask = F.attention_mask(seq, seq, xp, attention_mask)  # (batch or 1, 1, seq, seq)
+    if attend is None:
+        attend = CAUSAL_BLOCKS if attention_mask is None else REFERENCE_ATTENTION
 
     kept = []  # per layer: its input (recompute) or everything its backward reads
     for i, w in enumerate(weights.layers):
-        out, saved = layer_forward(x, w, config, cos, sin, mask)
+        out, saved = layer_forward(x, w, config, cos, sin, mask, attend)
         kept.append(x if recompute else saved)
         x = out
     normed = F.rms_norm(x, weights.norm, config.rms_norm_eps)
@@ -218,9 +246,9 @@ def forward_and_backward(weights, config, input_ids, labels, attention_mask=None
         grads["model.norm.weight"] = norm_grad
     for i in reversed(range(len(weights.layers))):
         w = weights.layers[i]
-        saved = layer_forward(kept[i], w, config, cos, sin, mask)[1] if recompute else kept[i]
+        saved = layer_forward(kept[i], w, config, cos, sin, mask, attend)[1] if recompute else kept[i]
         kept[i] = None  # this layer's activations are no longer needed
-        grad_x, layer_grads = layer_backward(grad_x, w, config, cos, sin, mask, saved, frozen)
+        grad_x, layer_grads = layer_backward(grad_x, w, config, cos, sin, mask, saved, frozen, attend)
         for key, grad in layer_grads.items():
             if grad is not None and (not frozen or ".lora_" in key):
                 grads[layer_parameter_name(i, key)] = grad
