@@ -16,8 +16,9 @@ Reported: tokens/s (batch * seq / step time), the ratio minillama / torch, and t
 memory of the process (``ru_maxrss``), raw and above what the interpreter held after its imports.
 
 The breakdown (minillama only, one more process) times every ``minillama.functional`` call the
-training step makes, by function, split into the forward and the backward pass (a forward
-function called during the backward is a recomputation), plus clipping and the optimizer.
+training step makes and its blocked causal attention (``fast.train_attention``), by function,
+split into the forward and the backward pass (a forward function called during the backward is a
+recomputation), plus clipping and the optimizer.
 """
 
 from __future__ import annotations
@@ -166,6 +167,10 @@ def breakdown_worker(folder, steps, warmup):
 
     for name in [n for n in F.__all__ if callable(getattr(F, n))]:
         setattr(F, name, timed(name, getattr(F, name), starts_backward=name == "causal_lm_loss_backward"))
+    from minillama.train import backprop  # the training step's own attention pair (fast.train_attention)
+    pair = backprop.CAUSAL_BLOCKS
+    backprop.CAUSAL_BLOCKS = backprop.AttentionPair(pair.name, timed("causal_attention (fast)", pair.forward),
+                                                    timed("causal_attention_backward (fast)", pair.backward))
     optim_step = optim.AdamW.step
     optim.AdamW.step = lambda self, grads, lr=None: timed("AdamW.step", optim_step, fixed_phase="optimizer")(self, grads, lr)
     train.clip_grad_norm = timed("clip_grad_norm", optim.clip_grad_norm, fixed_phase="optimizer")
